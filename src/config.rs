@@ -1,0 +1,634 @@
+//! Typed settings, loaded once at start from a TOML file with `DIALTONE__SECTION__KEY`
+//! environment overrides, and validated so that a bad value stops the process with one
+//! line naming the key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["sip.allow", "api.keys"];
+
+/// A configuration problem, always naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: cannot read {path}: {source}")]
+    Load {
+        path: String,
+        source: config::ConfigError,
+    },
+    #[error("config: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The raw shape of the file; every field has a default so a partial file works.
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct RawSettings {
+    sip: RawSip,
+    tls: RawTls,
+    media: RawMedia,
+    http: RawHttp,
+    api: RawApi,
+    database: RawDatabase,
+    calls: RawCalls,
+    shutdown: RawShutdown,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawSip {
+    udp: String,
+    tcp: String,
+    tls: String,
+    public_host: String,
+    allow: Vec<String>,
+    max_message_bytes: usize,
+    max_headers: usize,
+    max_connections_per_ip: usize,
+    max_connections: usize,
+    idle_connection_timeout_ms: u64,
+    t1_ms: u64,
+    t2_ms: u64,
+    t4_ms: u64,
+}
+
+impl Default for RawSip {
+    fn default() -> Self {
+        RawSip {
+            udp: "0.0.0.0:5060".into(),
+            tcp: "0.0.0.0:5060".into(),
+            tls: String::new(),
+            public_host: "127.0.0.1".into(),
+            allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            max_message_bytes: 65_535,
+            max_headers: 128,
+            max_connections_per_ip: 64,
+            max_connections: 4096,
+            idle_connection_timeout_ms: 600_000,
+            t1_ms: 500,
+            t2_ms: 4_000,
+            t4_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct RawTls {
+    cert: String,
+    key: String,
+    client_ca: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawMedia {
+    rtp_ports: String,
+    public_ip: String,
+}
+
+impl Default for RawMedia {
+    fn default() -> Self {
+        RawMedia {
+            rtp_ports: "20000-30000".into(),
+            public_ip: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawHttp {
+    listen: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct RawApi {
+    keys: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawDatabase {
+    url: String,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        RawDatabase {
+            url: "sqlite://data/dialtone.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawCalls {
+    registered_call_timeout_ms: u64,
+}
+
+impl Default for RawCalls {
+    fn default() -> Self {
+        RawCalls {
+            registered_call_timeout_ms: 300_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawShutdown {
+    grace_period_ms: u64,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown {
+            grace_period_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawLog {
+    filter: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Validated settings. Listen addresses that are `None` are off.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub sip: SipSettings,
+    pub tls: Option<TlsSettings>,
+    pub media: MediaSettings,
+    pub http: HttpSettings,
+    pub api: ApiSettings,
+    pub database: DatabaseSettings,
+    pub calls: CallSettings,
+    pub shutdown_grace: Duration,
+    pub log_filter: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SipSettings {
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+    pub public_host: String,
+    pub allow: Vec<IpNet>,
+    pub limits: SipLimits,
+    pub timers: TimerSettings,
+}
+
+/// Bounds on what one peer may make the server hold.
+#[derive(Debug, Clone, Copy)]
+pub struct SipLimits {
+    pub max_message_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections_per_ip: usize,
+    pub max_connections: usize,
+    pub idle_connection_timeout: Duration,
+}
+
+/// RFC 3261 timer base values (T1, T2, T4).
+#[derive(Debug, Clone, Copy)]
+pub struct TimerSettings {
+    pub t1: Duration,
+    pub t2: Duration,
+    pub t4: Duration,
+}
+
+impl Default for TimerSettings {
+    fn default() -> Self {
+        TimerSettings {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate chaining to this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MediaSettings {
+    pub rtp_ports: (u16, u16),
+    pub public_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Clone)]
+pub struct ApiSettings {
+    /// Bearer keys; never printed (see the Debug impl).
+    pub keys: Vec<String>,
+}
+
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiSettings {{ keys: <{} redacted> }}", self.keys.len())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    pub registered_call_timeout: Duration,
+}
+
+impl Settings {
+    /// Loads `path`, applies `DIALTONE__…` overrides from the process environment, validates.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        Self::load_with_env(path, None)
+    }
+
+    /// Like [`Settings::load`], with an explicit environment (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, ConfigError> {
+        let mut environment = config::Environment::with_prefix("DIALTONE")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .try_parsing(true);
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        if let Some(env) = env {
+            environment = environment.source(Some(env));
+        }
+        let raw: RawSettings = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(environment)
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|source| ConfigError::Load {
+                path: path.display().to_string(),
+                source,
+            })?;
+        raw.validate()
+    }
+}
+
+fn listen_addr(key: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| invalid(key, format!("'{value}' is not an ip:port listen address")))
+}
+
+fn positive_ms(key: &'static str, ms: u64) -> Result<Duration, ConfigError> {
+    if ms == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// Parses one allowlist entry: a CIDR, or a bare address meaning just that host.
+fn parse_net(entry: &str) -> Option<IpNet> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpNet>()
+        .ok()
+        .or_else(|| entry.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+fn parse_port_range(value: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = value.trim().split_once('-')?;
+    let lo: u16 = lo.trim().parse().ok()?;
+    let hi: u16 = hi.trim().parse().ok()?;
+    // RTP wants an even port per call (RFC 3550 §11), so the range must hold at least one.
+    (lo > 0 && lo < hi).then_some((lo, hi))
+}
+
+impl RawSettings {
+    fn validate(self) -> Result<Settings, ConfigError> {
+        let sip = &self.sip;
+        let udp = listen_addr("sip.udp", &sip.udp)?;
+        let tcp = listen_addr("sip.tcp", &sip.tcp)?;
+        let tls_addr = listen_addr("sip.tls", &sip.tls)?;
+        if sip.public_host.trim().is_empty() || sip.public_host.contains(char::is_whitespace) {
+            return Err(invalid("sip.public_host", "must be a host name or address"));
+        }
+        let mut allow = Vec::with_capacity(sip.allow.len());
+        for entry in &sip.allow {
+            if entry.trim().is_empty() {
+                continue;
+            }
+            allow.push(parse_net(entry).ok_or_else(|| {
+                invalid(
+                    "sip.allow",
+                    format!("'{entry}' is not a CIDR or IP address"),
+                )
+            })?);
+        }
+        if sip.max_message_bytes < 1024 || sip.max_message_bytes > 1 << 20 {
+            return Err(invalid(
+                "sip.max_message_bytes",
+                "must be between 1024 and 1048576",
+            ));
+        }
+        if sip.max_headers < 16 {
+            return Err(invalid("sip.max_headers", "must be at least 16"));
+        }
+        if sip.max_connections_per_ip == 0 || sip.max_connections == 0 {
+            return Err(invalid(
+                "sip.max_connections_per_ip",
+                "connection limits must be greater than 0",
+            ));
+        }
+        let timers = TimerSettings {
+            t1: positive_ms("sip.t1_ms", sip.t1_ms)?,
+            t2: positive_ms("sip.t2_ms", sip.t2_ms)?,
+            t4: positive_ms("sip.t4_ms", sip.t4_ms)?,
+        };
+        if timers.t2 < timers.t1 {
+            return Err(invalid("sip.t2_ms", "must not be less than sip.t1_ms"));
+        }
+        let limits = SipLimits {
+            max_message_bytes: sip.max_message_bytes,
+            max_headers: sip.max_headers,
+            max_connections_per_ip: sip.max_connections_per_ip,
+            max_connections: sip.max_connections,
+            idle_connection_timeout: positive_ms(
+                "sip.idle_connection_timeout_ms",
+                sip.idle_connection_timeout_ms,
+            )?,
+        };
+
+        let tls = if self.tls.cert.trim().is_empty() && self.tls.key.trim().is_empty() {
+            if tls_addr.is_some() {
+                return Err(invalid(
+                    "tls.cert",
+                    "sip.tls is set, so tls.cert and tls.key are required",
+                ));
+            }
+            None
+        } else {
+            let cert = PathBuf::from(self.tls.cert.trim());
+            let key = PathBuf::from(self.tls.key.trim());
+            if !cert.is_file() {
+                return Err(invalid(
+                    "tls.cert",
+                    format!("no file at '{}'", cert.display()),
+                ));
+            }
+            if !key.is_file() {
+                return Err(invalid(
+                    "tls.key",
+                    format!("no file at '{}'", key.display()),
+                ));
+            }
+            let client_ca = match self.tls.client_ca.trim() {
+                "" => None,
+                ca => {
+                    let ca = PathBuf::from(ca);
+                    if !ca.is_file() {
+                        return Err(invalid(
+                            "tls.client_ca",
+                            format!("no file at '{}'", ca.display()),
+                        ));
+                    }
+                    Some(ca)
+                }
+            };
+            Some(TlsSettings {
+                cert,
+                key,
+                client_ca,
+            })
+        };
+
+        let rtp_ports = parse_port_range(&self.media.rtp_ports).ok_or_else(|| {
+            invalid(
+                "media.rtp_ports",
+                format!(
+                    "'{}' is not a range like \"20000-30000\"",
+                    self.media.rtp_ports
+                ),
+            )
+        })?;
+        let public_ip =
+            match self.media.public_ip.trim() {
+                "" => None,
+                ip => Some(ip.parse().map_err(|_| {
+                    invalid("media.public_ip", format!("'{ip}' is not an IP address"))
+                })?),
+            };
+
+        let http_listen = listen_addr("http.listen", &self.http.listen)?;
+        let keys: Vec<String> = self
+            .api
+            .keys
+            .iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect();
+        if keys.iter().any(|k| k.len() < 8) {
+            return Err(invalid(
+                "api.keys",
+                "every key must be at least 8 characters",
+            ));
+        }
+
+        let url = self.database.url.trim().to_string();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+
+        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
+            return Err(invalid(
+                "log.filter",
+                format!("'{}' is not a tracing filter", self.log.filter),
+            ));
+        }
+
+        Ok(Settings {
+            sip: SipSettings {
+                udp,
+                tcp,
+                tls: tls_addr,
+                public_host: sip.public_host.trim().to_string(),
+                allow,
+                limits,
+                timers,
+            },
+            tls,
+            media: MediaSettings {
+                rtp_ports,
+                public_ip,
+            },
+            http: HttpSettings {
+                listen: http_listen,
+            },
+            api: ApiSettings { keys },
+            database: DatabaseSettings { url },
+            calls: CallSettings {
+                registered_call_timeout: positive_ms(
+                    "calls.registered_call_timeout_ms",
+                    self.calls.registered_call_timeout_ms,
+                )?,
+            },
+            shutdown_grace: Duration::from_millis(self.shutdown.grace_period_ms),
+            log_filter: self.log.filter,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn shipped_default_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        let s = Settings::load_with_env(&path, env(&[])).unwrap();
+        assert!(s.sip.udp.is_some());
+        assert_eq!(s.media.rtp_ports, (20000, 30000));
+        assert_eq!(s.calls.registered_call_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn environment_overrides_keys_and_lists() {
+        let f = file("[sip]\nudp = \"127.0.0.1:5060\"\n");
+        let s = Settings::load_with_env(
+            f.path(),
+            env(&[
+                ("DIALTONE__SIP__UDP", "127.0.0.1:6000"),
+                ("DIALTONE__SIP__ALLOW", "10.0.0.0/8,192.0.2.7"),
+                ("DIALTONE__API__KEYS", "abcdefgh1,abcdefgh2"),
+                ("DIALTONE__CALLS__REGISTERED_CALL_TIMEOUT_MS", "1000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.sip.udp, Some("127.0.0.1:6000".parse().unwrap()));
+        assert_eq!(s.sip.allow.len(), 2);
+        assert_eq!(s.sip.allow[1], "192.0.2.7/32".parse::<IpNet>().unwrap());
+        assert_eq!(s.api.keys.len(), 2);
+        assert_eq!(s.calls.registered_call_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn empty_listen_address_means_off() {
+        let f = file("[sip]\ntcp = \"\"\n");
+        let s = Settings::load_with_env(f.path(), env(&[])).unwrap();
+        assert!(s.sip.tcp.is_none());
+        assert!(s.sip.tls.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[sip]\nudp = \"nonsense\"\n", "sip.udp"),
+            ("[sip]\nallow = [\"10.0.0.0/99\"]\n", "sip.allow"),
+            ("[media]\nrtp_ports = \"30000-20000\"\n", "media.rtp_ports"),
+            ("[media]\npublic_ip = \"x.y\"\n", "media.public_ip"),
+            ("[http]\nlisten = \"8080\"\n", "http.listen"),
+            ("[database]\nurl = \"mysql://x\"\n", "database.url"),
+            (
+                "[calls]\nregistered_call_timeout_ms = 0\n",
+                "calls.registered_call_timeout_ms",
+            ),
+            ("[sip]\ntls = \"127.0.0.1:5061\"\n", "tls.cert"),
+            (
+                "[tls]\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.pem\"\n",
+                "tls.cert",
+            ),
+            ("[api]\nkeys = [\"short\"]\n", "api.keys"),
+        ];
+        for (text, key) in cases {
+            let f = file(text);
+            let err = Settings::load_with_env(f.path(), env(&[])).unwrap_err();
+            let line = err.to_string();
+            assert!(
+                line.contains(key),
+                "{text:?} gave {line:?}, expected key {key}"
+            );
+            assert!(!line.contains('\n'), "one line: {line:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_type_is_reported_with_its_key() {
+        let f = file("[sip]\nmax_headers = \"many\"\n");
+        let err = Settings::load_with_env(f.path(), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("max_headers"), "{err}");
+    }
+
+    #[test]
+    fn api_keys_are_not_printed() {
+        let f = file("[api]\nkeys = [\"supersecretkey\"]\n");
+        let s = Settings::load_with_env(f.path(), env(&[])).unwrap();
+        assert!(!format!("{s:?}").contains("supersecretkey"));
+    }
+}

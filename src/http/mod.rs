@@ -1,0 +1,1 @@
+//! The HTTP server: API (bearer-key auth), health and metrics.

@@ -1,0 +1,51 @@
+//! Metric names and the few helpers every layer uses, so names and labels stay consistent.
+//! Rendered in Prometheus text by the HTTP server's `/metrics`.
+
+use metrics::{counter, gauge};
+
+pub use metrics_exporter_prometheus::PrometheusHandle;
+
+/// Installs the process-wide Prometheus recorder. Call once at start; later calls (tests
+/// starting several servers in one process) return a handle to a fresh, unattached recorder.
+pub fn install() -> PrometheusHandle {
+    let builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::debug!("metrics recorder already installed");
+    }
+    handle
+}
+
+/// A SIP message received and parsed. `kind` is the method for requests, the status code
+/// for responses.
+pub fn message_in(transport: &'static str, kind: &str) {
+    counter!("dialtone_sip_messages_in_total", "transport" => transport, "kind" => kind.to_owned())
+        .increment(1);
+}
+
+/// A SIP message sent (first transmission; retransmissions are counted apart).
+pub fn message_out(transport: &'static str, kind: &str) {
+    counter!("dialtone_sip_messages_out_total", "transport" => transport, "kind" => kind.to_owned()).increment(1);
+}
+
+/// A retransmission: `direction` is `sent` (our timers fired) or `absorbed` (a peer's
+/// retransmission answered from transaction state).
+pub fn retransmission(direction: &'static str, transport: &'static str) {
+    counter!("dialtone_sip_retransmissions_total", "direction" => direction, "transport" => transport).increment(1);
+}
+
+/// Input dropped without being processed, by cause (`not_allowed`, `parse_error`, ...).
+pub fn drop(cause: &'static str, transport: &'static str) {
+    counter!("dialtone_sip_dropped_total", "cause" => cause, "transport" => transport).increment(1);
+}
+
+/// Open stream connections, per transport.
+pub fn connections_open(transport: &'static str, delta: f64) {
+    gauge!("dialtone_sip_connections_open", "transport" => transport).increment(delta);
+}
+
+/// Live transactions, per kind.
+pub fn transactions_live(kind: &'static str, delta: f64) {
+    gauge!("dialtone_sip_transactions", "kind" => kind).increment(delta);
+}

@@ -1,0 +1,8 @@
+//! The SIP stack: transports, framing, messages, transactions and the endpoint that ties
+//! them together.
+
+pub mod endpoint;
+pub mod framing;
+pub mod message;
+pub mod transaction;
+pub mod transport;
