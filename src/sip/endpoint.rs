@@ -375,6 +375,10 @@ fn user_agent_core(req: &Request) -> Response {
         // Handled before a transaction is made.
         Method::Ack | Method::Cancel => return reject(500),
     }
+    // A request inside a dialog (To tag present) that matches none: RFC 3261 §12.2.2.
+    if req.to_tag().is_some() {
+        return reject(481);
+    }
     let unsupported: Vec<&str> = req
         .headers
         .get_all("Require")
