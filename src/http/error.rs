@@ -201,10 +201,11 @@ fn path_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
         .strip_prefix("missing field `")
         .and_then(|rest| rest.split_once('`'))
         .map(|(name, _)| name.to_owned());
-    let field = match (path.as_str(), missing) {
-        (".", missing) => missing,
-        (parent, Some(name)) => Some(format!("{parent}.{name}")),
-        (at, None) => Some(at.to_owned()),
+    let (field, message) = match (path.as_str(), missing) {
+        (".", missing) => (missing, message),
+        (parent, Some(name)) => (Some(format!("{parent}.{name}")), message),
+        // serde's own text does not say where a bad value was; lead with the path.
+        (at, None) => (Some(at.to_owned()), format!("{at}: {message}")),
     };
     ApiError::BadRequest { field, message }
 }

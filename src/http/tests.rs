@@ -245,11 +245,7 @@ async fn api_json_bad_body_is_400_naming_the_field() {
         match field {
             Some(field) => {
                 assert_eq!(json["field"], field, "{body}");
-                assert!(
-                    json["message"].as_str().unwrap().contains(field)
-                        || json["message"].as_str().unwrap().contains("invalid"),
-                    "{json}"
-                );
+                assert!(json["message"].as_str().unwrap().contains(field), "{json}");
             }
             None if body.starts_with('[') => {}
             None => assert!(json.get("field").is_none(), "{json}"),
