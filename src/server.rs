@@ -73,7 +73,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             .await
             .map_err(|source| StartError::HttpBind { addr, source })?;
         http_addr = listener.local_addr().ok();
-        let state = http::AppState::new(settings.api.keys.clone(), prometheus, draining_rx);
+        let state = http::AppState::new(&settings.api.keys, prometheus, draining_rx);
         let shutdown = shutdown_rx.clone();
         tasks.spawn(async move {
             if let Err(err) = http::serve(listener, state, shutdown).await {
