@@ -236,6 +236,9 @@ impl Transports {
     /// which then also reads like an accepted one. A new TLS connection verifies the
     /// server certificate against the peer's IP address; see
     /// [`Transports::send_to_host`] for a name.
+    ///
+    /// Returns once the bytes are handed to the socket. Two sends racing to a peer with no
+    /// open connection may each open one; both are then usable and reused.
     pub async fn send(&self, target: Target, data: Bytes) -> Result<(), TransportError> {
         self.send_inner(target, None, data).await
     }
@@ -285,12 +288,11 @@ impl Transports {
         };
 
         let shared = &self.inner.shared;
-        let mut data = data;
         for conn in shared.table.candidates(kind, target.addr, target.conn) {
             match conn.write(data.clone()).await {
                 Ok(()) => return Ok(()),
                 // Closed meanwhile, or died writing: try the next way to reach the peer.
-                Err(WriteFailure::Gone(back)) => data = back,
+                Err(WriteFailure::Gone) => {}
                 Err(WriteFailure::Failed(reason)) => {
                     tracing::debug!(conn = conn.id.0, peer = %conn.peer, reason, "write failed; trying another connection");
                 }
@@ -304,7 +306,7 @@ impl Transports {
             }
         };
         conn.write(data).await.map_err(|e| match e {
-            WriteFailure::Gone(_) => send_error("connection closed at once".into()),
+            WriteFailure::Gone => send_error("connection closed at once".into()),
             WriteFailure::Failed(reason) => send_error(reason),
         })
     }

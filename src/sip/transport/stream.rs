@@ -47,8 +47,8 @@ pub(crate) struct ConnHandle {
 
 /// Why a write through a handle did not happen.
 pub(crate) enum WriteFailure {
-    /// The connection had already closed; the data comes back untouched.
-    Gone(Bytes),
+    /// The connection had already closed; nothing was written.
+    Gone,
     /// The write was attempted and failed; the connection is closing.
     Failed(String),
 }
@@ -57,15 +57,16 @@ impl ConnHandle {
     /// Queues `data` and waits until it is written to the socket (or fails).
     pub async fn write(&self, data: Bytes) -> Result<(), WriteFailure> {
         let (ack, done) = oneshot::channel();
-        if let Err(mpsc::error::SendError(out)) = self
+        if self
             .tx
             .send(Outgoing {
                 data,
                 ack: Some(ack),
             })
             .await
+            .is_err()
         {
-            return Err(WriteFailure::Gone(out.data));
+            return Err(WriteFailure::Gone);
         }
         match done.await {
             Ok(Ok(())) => Ok(()),
@@ -89,7 +90,7 @@ struct TableInner {
     by_id: HashMap<ConnId, ConnHandle>,
     /// Newest last, so reuse prefers the most recent connection to a peer.
     by_peer: HashMap<(Kind, SocketAddr), Vec<ConnId>>,
-    /// Slots held (handshaking or open) per canonical source IP, and in all.
+    /// Accepted slots (handshaking or open) per canonical source IP, and all slots.
     per_ip: HashMap<IpAddr, usize>,
     total: usize,
 }
@@ -116,23 +117,31 @@ impl ConnTable {
         if t.total >= limits.max_connections {
             return Err("connection_limit");
         }
-        Ok(self.take_slot(&mut t, kind, peer))
+        *t.per_ip.entry(ip).or_insert(0) += 1;
+        Ok(self.take_slot(&mut t, kind, peer, true))
     }
 
-    /// Takes a slot for a connection we open; our own connections are not refused.
+    /// Takes a slot for a connection we open. Our own connections are never refused, and
+    /// do not use up the peer's per-IP allowance for connecting to us.
     pub fn reserve_outbound(self: &Arc<Self>, kind: Kind, peer: SocketAddr) -> Slot {
         let mut t = self.lock();
-        self.take_slot(&mut t, kind, peer)
+        self.take_slot(&mut t, kind, peer, false)
     }
 
-    fn take_slot(self: &Arc<Self>, t: &mut TableInner, kind: Kind, peer: SocketAddr) -> Slot {
-        *t.per_ip.entry(peer.ip().to_canonical()).or_insert(0) += 1;
+    fn take_slot(
+        self: &Arc<Self>,
+        t: &mut TableInner,
+        kind: Kind,
+        peer: SocketAddr,
+        inbound: bool,
+    ) -> Slot {
         t.total += 1;
         Slot {
             table: Arc::clone(self),
             id: ConnId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1),
             kind,
             peer,
+            inbound,
             registered: false,
         }
     }
@@ -189,6 +198,8 @@ pub(crate) struct Slot {
     id: ConnId,
     kind: Kind,
     peer: SocketAddr,
+    /// Accepted (counts in `per_ip`) rather than opened by us.
+    inbound: bool,
     registered: bool,
 }
 
@@ -196,10 +207,12 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut t = self.table.lock();
         let ip = self.peer.ip().to_canonical();
-        if let Some(n) = t.per_ip.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                t.per_ip.remove(&ip);
+        if self.inbound {
+            if let Some(n) = t.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    t.per_ip.remove(&ip);
+                }
             }
         }
         t.total = t.total.saturating_sub(1);

@@ -282,6 +282,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn our_own_connections_do_not_use_the_per_ip_allowance() {
+        let mut t = tcp("max_connections_per_ip = 1").await;
+        let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target {
+            kind: Kind::Tcp,
+            addr: peer.local_addr().unwrap(),
+            conn: None,
+        };
+        t.transports
+            .send(target, Bytes::from_static(B))
+            .await
+            .unwrap();
+        let mut c = TcpStream::connect(server(&t)).await.unwrap();
+        c.write_all(A).await.unwrap();
+        assert_eq!(&next(&mut t.inbound).await.data[..], A);
+        assert_eq!(t.transports.open_connections(), 2);
+    }
+
+    #[tokio::test]
     async fn total_limit_refuses_the_extra_connection() {
         let t = tcp("max_connections = 1").await;
         let _first = TcpStream::connect(server(&t)).await.unwrap();

@@ -56,7 +56,14 @@ async fn recv_loop(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared
             Ok(r) => r,
             Err(e) => {
                 // ICMP errors from earlier sends can surface here; they are not fatal.
+                // Anything else may repeat at once: pause so the loop cannot spin.
                 debug!(error = %e, "UDP receive error");
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionRefused
+                ) {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
                 continue;
             }
         };
