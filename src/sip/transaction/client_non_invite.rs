@@ -68,7 +68,7 @@ impl ClientNonInvite {
     pub fn new(now: Instant, request: Bytes, reliable: bool, timers: TimerSettings) -> Self {
         let mut core = Core::new(reliable, timers);
         core.send(request.clone(), TransmitKind::First);
-        let retransmit_interval = timers.t1;
+        let retransmit_interval = core.first_interval();
         if !reliable {
             core.arm(TimerKind::E, now, retransmit_interval);
         }

@@ -259,6 +259,9 @@ impl StatusClass {
     }
 }
 
+/// Floor for retransmission intervals (see [`Core::first_interval`]).
+const MIN_RETRANSMIT_INTERVAL: Duration = Duration::from_millis(1);
+
 /// State every machine carries besides its phase: configuration, timers and the outboxes.
 #[derive(Debug)]
 struct Core {
@@ -304,15 +307,22 @@ impl Core {
         self.settings.t1.saturating_mul(64)
     }
 
+    /// The first retransmission interval (Timers A, E, G): T1, but never zero, so a
+    /// hand-built zero T1 cannot make `handle_timeout` re-arm at `now` forever.
+    fn first_interval(&self) -> Duration {
+        self.settings.t1.max(MIN_RETRANSMIT_INTERVAL)
+    }
+
     /// The next retransmission interval after `current`: doubled, capped at T2 when `capped`
-    /// (Timers E and G; Timer A is not capped).
+    /// (Timers E and G; Timer A is not capped), and never zero.
     fn backoff(&self, current: Duration, capped: bool) -> Duration {
         let doubled = current.saturating_mul(2);
-        if capped {
+        let next = if capped {
             doubled.min(self.settings.t2)
         } else {
             doubled
-        }
+        };
+        next.max(MIN_RETRANSMIT_INTERVAL)
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -498,6 +508,21 @@ mod tests {
         let mut core = Core::new(false, TimerSettings::default());
         core.arm(TimerKind::B, now, Duration::MAX);
         assert_eq!(core.timers.next(), None);
+    }
+
+    #[test]
+    fn zero_timer_settings_cannot_spin() {
+        let start = Instant::now();
+        let zero = TimerSettings {
+            t1: Duration::ZERO,
+            t2: Duration::ZERO,
+            t4: Duration::ZERO,
+        };
+        let mut tx = ClientNonInvite::new(start, Bytes::from_static(b"R"), false, zero);
+        // F is due at once (64·0); E is floored to 1 ms and so cannot loop at `now`.
+        tx.handle_timeout(start);
+        assert!(tx.is_terminated());
+        assert_eq!(tx.poll_event(), Some(Event::Timeout));
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl ServerInvite {
             }
             (Phase::Proceeding { .. }, StatusClass::Failure) => {
                 self.core.send(response.clone(), TransmitKind::First);
-                let retransmit_interval = self.core.settings.t1;
+                let retransmit_interval = self.core.first_interval();
                 if !self.core.reliable {
                     self.core.arm(TimerKind::G, now, retransmit_interval);
                 }
