@@ -105,7 +105,11 @@ impl Running {
         if how == Stop::Graceful {
             let _ = self.draining_tx.send(true);
             let in_flight = self.endpoint.in_flight();
-            info!(in_flight, grace_ms = self.grace.as_millis() as u64, "draining: new transactions get 503");
+            info!(
+                in_flight,
+                grace_ms = self.grace.as_millis() as u64,
+                "draining: new transactions get 503"
+            );
             match tokio::time::timeout(self.grace, self.endpoint.wait_idle()).await {
                 Ok(()) => info!("drained: no transaction in flight"),
                 Err(_) => warn!(

@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
@@ -21,7 +20,10 @@ use tracing::{debug, info, trace, warn};
 use crate::config::{SipLimits, TimerSettings};
 use crate::metrics;
 use crate::sip::message::{self, Limits, Method, ParseError, Request, Response, SipMessage};
-use crate::sip::transaction::{ServerInvite, ServerKey, ServerNonInvite};
+use crate::sip::transaction::{
+    RequestIds, ServerInvite, ServerInviteState, ServerKey, ServerNonInvite, ServerNonInviteState,
+    Transaction, TransmitKind,
+};
 use crate::sip::transport::{Inbound, Kind, Target, Transports};
 
 /// Methods this server handles (in dialogs or out), advertised in `Allow`.
@@ -129,7 +131,12 @@ impl Endpoint {
             match message::parse(&msg.data, &self.inner.limits) {
                 Err(err) => self.reply_to_error(&msg, err).await,
                 Ok(SipMessage::Request(req)) if req.method != Method::Ack && answerable(&req) => {
-                    let resp = Response::for_request(&req, 400, cause_phrase(cause.cause()), Some(&new_tag()));
+                    let resp = Response::for_request(
+                        &req,
+                        400,
+                        cause_phrase(cause.cause()),
+                        Some(&new_tag()),
+                    );
                     self.send_stateless(&msg, resp).await;
                 }
                 Ok(_) => {}
@@ -172,7 +179,12 @@ impl Endpoint {
         if req.method == Method::Ack || !answerable(req) {
             return;
         }
-        let mut resp = Response::for_request(req, status, message::reason_phrase(status), Some(&new_tag()));
+        let mut resp = Response::for_request(
+            req,
+            status,
+            message::reason_phrase(status),
+            Some(&new_tag()),
+        );
         if status == 400 {
             // Say what was wrong (RFC 3261 §21.4.1 lets the reason phrase carry it).
             resp.reason = format!("Bad Request ({})", err.cause);
@@ -207,15 +219,19 @@ impl Endpoint {
                     metrics::retransmission("absorbed", transport);
                     return;
                 }
-                let invite = key.cancel_target();
-                let status = match self.lookup(&invite) {
+                let status = match key.cancel_target().and_then(|invite| self.lookup(&invite)) {
                     Some(invite_tx) => {
                         self.deliver(&invite_tx, TxInput::Cancel, transport);
                         200
                     }
                     None => 481,
                 };
-                let resp = Response::for_request(&req, status, message::reason_phrase(status), Some(&new_tag()));
+                let resp = Response::for_request(
+                    &req,
+                    status,
+                    message::reason_phrase(status),
+                    Some(&new_tag()),
+                );
                 self.start_transaction(msg, key, req, Some(resp));
                 return;
             }
@@ -228,7 +244,12 @@ impl Endpoint {
             return;
         }
         let resp = if *self.inner.draining.borrow() {
-            let mut resp = Response::for_request(&req, 503, "Service Unavailable (shutting down)", Some(&new_tag()));
+            let mut resp = Response::for_request(
+                &req,
+                503,
+                "Service Unavailable (shutting down)",
+                Some(&new_tag()),
+            );
             resp.headers.push("Retry-After", "30");
             resp
         } else {
@@ -251,7 +272,13 @@ impl Endpoint {
 
     /// Creates a server transaction for `req`, spawns its task, and hands it the TU's
     /// first response (INVITEs get a 100 Trying before it).
-    fn start_transaction(&self, msg: &Inbound, key: ServerKey, req: Request, resp: Option<Response>) {
+    fn start_transaction(
+        &self,
+        msg: &Inbound,
+        key: ServerKey,
+        req: Request,
+        resp: Option<Response>,
+    ) {
         let (tx, rx) = mpsc::channel(16);
         {
             let mut table = lock(&self.inner.server_txs);
@@ -292,7 +319,12 @@ impl Endpoint {
         resp.headers.push("Server", PRODUCT);
         let kind = msg.kind.as_str();
         metrics::message_out(kind, &resp.status.to_string());
-        if let Err(err) = self.inner.transports.send(response_target(msg), resp.to_bytes()).await {
+        if let Err(err) = self
+            .inner
+            .transports
+            .send(response_target(msg), resp.to_bytes())
+            .await
+        {
             debug!(%err, "stateless response not sent");
         }
     }
@@ -321,25 +353,20 @@ fn server_key(req: &Request) -> Option<ServerKey> {
         Some(port) => format!("{}:{}", via.host, port),
         None => via.host.clone(),
     };
-    let method = req.method.as_str();
-    match via.branch.as_deref() {
-        Some(branch) if branch.starts_with("z9hG4bK") && branch.len() > 7 => {
-            Some(ServerKey::new(branch, &sent_by, method))
-        }
-        _ => {
-            let cseq = req.cseq()?;
-            let top_via = req.headers.get("Via")?;
-            Some(ServerKey::rfc2543(
-                &req.uri,
-                req.from_tag().as_deref().unwrap_or(""),
-                req.call_id().unwrap_or(""),
-                cseq.seq,
-                top_via,
-                method,
-                req.to_tag().as_deref(),
-            ))
-        }
-    }
+    let from_tag = req.from_tag();
+    let to_tag = req.to_tag();
+    let ids = RequestIds {
+        method: req.method.as_str(),
+        branch: via.branch.as_deref(),
+        sent_by: &sent_by,
+        request_uri: &req.uri,
+        from_tag: from_tag.as_deref(),
+        to_tag: to_tag.as_deref(),
+        call_id: req.call_id().unwrap_or(""),
+        cseq: req.cseq().map(|c| c.seq).unwrap_or(0),
+        top_via: req.headers.get("Via").unwrap_or(""),
+    };
+    Some(ServerKey::from_request(&ids))
 }
 
 /// Where responses go: back over the connection a request came on, or for UDP to the
@@ -357,12 +384,24 @@ fn response_target(msg: &Inbound) -> Target {
 /// Checks run in the RFC's order: method, header inspection, content, then the
 /// application (routing, which for now finds nobody: every INVITE gets 404).
 fn user_agent_core(req: &Request) -> Response {
-    let reject = |status: u16| Response::for_request(req, status, message::reason_phrase(status), Some(&new_tag()));
+    let reject = |status: u16| {
+        Response::for_request(
+            req,
+            status,
+            message::reason_phrase(status),
+            Some(&new_tag()),
+        )
+    };
     match &req.method {
         Method::Invite | Method::Options => {}
         // Dialog methods: with no dialog to match, the transaction does not exist.
         Method::Bye | Method::Update | Method::Info | Method::Prack => return reject(481),
-        Method::Register | Method::Subscribe | Method::Notify | Method::Refer | Method::Message | Method::Publish => {
+        Method::Register
+        | Method::Subscribe
+        | Method::Notify
+        | Method::Refer
+        | Method::Message
+        | Method::Publish => {
             let mut resp = reject(405);
             resp.headers.push("Allow", ALLOW);
             return resp;
@@ -402,7 +441,10 @@ fn user_agent_core(req: &Request) -> Response {
     }
     if req.method == Method::Invite && !accepts_sdp(req) {
         let mut resp = reject(406);
-        resp.headers.push("Warning", "399 dialtone \"only application/sdp is offered\"");
+        resp.headers.push(
+            "Warning",
+            "399 dialtone \"only application/sdp is offered\"",
+        );
         return resp;
     }
     match req.method {
@@ -426,7 +468,9 @@ fn accepts_sdp(req: &Request) -> bool {
     }
     accept.iter().any(|range| {
         let mime = range.split(';').next().unwrap_or("").trim();
-        mime.eq_ignore_ascii_case(ACCEPT) || mime == "*/*" || mime.eq_ignore_ascii_case("application/*")
+        mime.eq_ignore_ascii_case(ACCEPT)
+            || mime == "*/*"
+            || mime.eq_ignore_ascii_case("application/*")
     })
 }
 
@@ -463,7 +507,11 @@ struct TxTask {
 impl TxTask {
     async fn run(mut self, mut rx: mpsc::Receiver<TxInput>) {
         let transport = self.target.kind.as_str();
-        let kind = if matches!(self.machine, ServerTx::Invite(_)) { "server_invite" } else { "server_non_invite" };
+        let kind = if matches!(self.machine, ServerTx::Invite(_)) {
+            "server_invite"
+        } else {
+            "server_non_invite"
+        };
         metrics::transactions_live(kind, 1.0);
         self.update_in_flight();
         loop {
@@ -489,25 +537,37 @@ impl TxTask {
         metrics::transactions_live(kind, -1.0);
     }
 
+    fn machine(&mut self) -> &mut dyn Transaction {
+        match &mut self.machine {
+            ServerTx::Invite(m) => m,
+            ServerTx::NonInvite(m) => m,
+        }
+    }
+
     fn input(&mut self, input: TxInput) {
         let now = Instant::now().into_std();
+        // Dispositions are ignored: a server transaction's retransmissions and the ACK of a
+        // non-2xx never go further up, and there are no dialogs yet for a 2xx's ACK.
         match input {
-            TxInput::Retransmission => match &mut self.machine {
-                ServerTx::Invite(m) => {
-                    m.on_request(now);
-                }
-                ServerTx::NonInvite(m) => {
-                    m.on_request(now);
-                }
-            },
+            TxInput::Retransmission => {
+                let _ = match &mut self.machine {
+                    ServerTx::Invite(m) => m.on_request(now),
+                    ServerTx::NonInvite(m) => m.on_request(now),
+                };
+            }
             TxInput::Ack => {
                 if let ServerTx::Invite(m) = &mut self.machine {
-                    m.on_ack(now);
+                    let _ = m.on_ack(now);
                 }
             }
             TxInput::Cancel => {
                 if !self.final_sent() {
-                    let resp = Response::for_request(&self.request, 487, "Request Terminated", Some(&new_tag()));
+                    let resp = Response::for_request(
+                        &self.request,
+                        487,
+                        "Request Terminated",
+                        Some(&new_tag()),
+                    );
                     self.respond(now, resp);
                 }
             }
@@ -529,64 +589,68 @@ impl TxTask {
         }
     }
 
-    /// Writes everything the machine wants on the wire. Responses handed in by `respond`
-    /// were counted there; anything else the machine emits is a retransmission.
+    /// Writes everything the machine wants on the wire, and logs its events. First sends
+    /// were counted by `respond`; answers to absorbed retransmissions by the endpoint.
     async fn flush(&mut self, transport: &'static str) {
-        let endpoint = self.endpoint.clone();
-        loop {
-            let next = match &mut self.machine {
-                ServerTx::Invite(m) => m.poll_transmit(),
-                ServerTx::NonInvite(m) => m.poll_transmit(),
-            };
-            let Some(bytes) = next else { break };
-            if let Err(err) = endpoint.inner.transports.send(self.target, bytes).await {
+        let transports = self.endpoint.inner.transports.clone();
+        while let Some(transmit) = self.machine().poll_transmit() {
+            if transmit.kind == TransmitKind::Retransmit {
+                metrics::retransmission("sent", transport);
+            }
+            if let Err(err) = transports.send(self.target, transmit.payload).await {
                 debug!(%err, "response not sent");
+                self.machine().transport_error(Instant::now().into_std());
             }
         }
-        loop {
-            let event = match &mut self.machine {
-                ServerTx::Invite(m) => m.poll_event(),
-                ServerTx::NonInvite(m) => m.poll_event(),
-            };
-            let Some(event) = event else { break };
-            debug!(?event, transport, call_id = self.request.call_id().unwrap_or(""), "transaction event");
+        while let Some(event) = self.machine().poll_event() {
+            debug!(
+                ?event,
+                transport,
+                call_id = self.request.call_id().unwrap_or(""),
+                "transaction event"
+            );
         }
     }
 
     fn handle_timeout(&mut self) {
-        let now = Instant::now().into_std();
-        match &mut self.machine {
-            ServerTx::Invite(m) => m.handle_timeout(now),
-            ServerTx::NonInvite(m) => m.handle_timeout(now),
-        }
+        self.machine().handle_timeout(Instant::now().into_std());
     }
 
-    fn poll_timeout(&self) -> Option<std::time::Instant> {
-        match &self.machine {
-            ServerTx::Invite(m) => m.poll_timeout(),
-            ServerTx::NonInvite(m) => m.poll_timeout(),
-        }
+    fn poll_timeout(&mut self) -> Option<std::time::Instant> {
+        self.machine().poll_timeout()
     }
 
-    fn is_terminated(&self) -> bool {
-        match &self.machine {
-            ServerTx::Invite(m) => m.is_terminated(),
-            ServerTx::NonInvite(m) => m.is_terminated(),
-        }
+    fn is_terminated(&mut self) -> bool {
+        self.machine().is_terminated()
     }
 
     fn final_sent(&self) -> bool {
         match &self.machine {
-            ServerTx::Invite(m) => m.final_sent(),
-            ServerTx::NonInvite(m) => m.final_sent(),
+            ServerTx::Invite(m) => m.state() != ServerInviteState::Proceeding,
+            ServerTx::NonInvite(m) => {
+                matches!(
+                    m.state(),
+                    ServerNonInviteState::Completed | ServerNonInviteState::Terminated
+                )
+            }
         }
     }
 
-    /// In flight = no final response yet, or an INVITE's non-2xx final still awaiting ACK.
+    /// In flight = no final response yet, or an INVITE's final still awaiting its ACK.
     fn busy(&self) -> bool {
         match &self.machine {
-            ServerTx::Invite(m) => !m.is_terminated() && m.awaiting_ack_or_final(),
-            ServerTx::NonInvite(m) => !m.final_sent(),
+            ServerTx::Invite(m) => matches!(
+                m.state(),
+                ServerInviteState::Proceeding
+                    | ServerInviteState::Completed
+                    | ServerInviteState::Accepted
+            ),
+            ServerTx::NonInvite(m) => {
+                matches!(
+                    m.state(),
+                    ServerNonInviteState::Trying | ServerNonInviteState::Proceeding
+                )
+            }
         }
     }
 
@@ -613,6 +677,11 @@ async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
 
 /// Logs where the endpoint listens.
 pub fn log_listening(transports: &Transports) {
-    let addr = |k| transports.local_addr(k).map(|a: SocketAddr| a.to_string()).unwrap_or_else(|| "off".into());
+    let addr = |k| {
+        transports
+            .local_addr(k)
+            .map(|a: SocketAddr| a.to_string())
+            .unwrap_or_else(|| "off".into())
+    };
     info!(udp = %addr(Kind::Udp), tcp = %addr(Kind::Tcp), tls = %addr(Kind::Tls), "SIP listening");
 }
