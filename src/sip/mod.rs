@@ -4,5 +4,6 @@
 pub mod endpoint;
 pub mod framing;
 pub mod message;
+pub mod sdp;
 pub mod transaction;
 pub mod transport;
