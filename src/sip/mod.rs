@@ -5,5 +5,6 @@ pub mod endpoint;
 pub mod framing;
 pub mod message;
 pub mod route;
+pub mod sdp;
 pub mod transaction;
 pub mod transport;
