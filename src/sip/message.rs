@@ -170,7 +170,10 @@ impl Headers {
             .filter(move |(n, _)| n.eq_ignore_ascii_case(&canon))
             .flat_map(move |(_, v)| {
                 let parts: Vec<&str> = if list {
-                    split_list(v).into_iter().filter(|e| !e.is_empty()).collect()
+                    split_list(v)
+                        .into_iter()
+                        .filter(|e| !e.is_empty())
+                        .collect()
                 } else {
                     vec![v.as_str()]
                 };
@@ -657,7 +660,10 @@ fn parse_response(
     if lexed.too_many_headers {
         return Err(ParseError::drop(
             "too_many_headers",
-            format!("response has more than {} header fields", limits.max_headers),
+            format!(
+                "response has more than {} header fields",
+                limits.max_headers
+            ),
         ));
     }
     let start = &lexed.start;
@@ -732,7 +738,8 @@ fn parse_request_line(start: &[u8]) -> Result<RequestLine, ()> {
         return Err(());
     }
     let (method, version) = (words[0], words[words.len() - 1]);
-    if version.len() < 4 || !version[..4].eq_ignore_ascii_case("SIP/") {
+    let sip_prefix = version.as_bytes().get(..4);
+    if !sip_prefix.is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/")) {
         return Err(());
     }
     // The URI as best we can tell: everything between method and version.
@@ -931,7 +938,12 @@ impl Request {
         if self.headers.count("Via") == 0 {
             return fail("missing_header", "missing Via header".into(), 400);
         }
-        for line in self.headers.entries.iter().filter(|(n, _)| n.eq_ignore_ascii_case("Via")) {
+        for line in self
+            .headers
+            .entries
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("Via"))
+        {
             for (i, v) in split_list(&line.1).into_iter().enumerate() {
                 if Via::parse(v).is_none() {
                     return fail(
@@ -986,7 +998,12 @@ impl Request {
                 return fail(cause, format!("{name} header: {why}"), 400);
             }
         }
-        for line in self.headers.entries.iter().filter(|(n, _)| n.eq_ignore_ascii_case("Contact")) {
+        for line in self
+            .headers
+            .entries
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("Contact"))
+        {
             if trim_ws(&line.1) == "*" {
                 continue;
             }
@@ -1290,13 +1307,16 @@ pub fn reason_phrase(status: u16) -> &'static str {
         606 => "Not Acceptable",
         607 => "Unwanted",
         608 => "Rejected",
-        100..=199 => "Provisional",
-        200..=299 => "Success",
-        300..=399 => "Redirection",
-        400..=499 => "Client Error",
-        500..=599 => "Server Error",
-        600..=699 => "Global Failure",
-        _ => "Unknown",
+        // Unknown codes are treated as x00 of their class (RFC 3261 §8.1.3.2).
+        _ => match status / 100 {
+            1 => "Provisional",
+            2 => "Success",
+            3 => "Redirection",
+            4 => "Client Error",
+            5 => "Server Error",
+            6 => "Global Failure",
+            _ => "Unknown",
+        },
     }
 }
 
@@ -1461,8 +1481,7 @@ fn expect_byte(s: &str, c: u8) -> Option<&str> {
 fn is_scheme(s: &str) -> bool {
     let b = s.as_bytes();
     b.first().is_some_and(u8::is_ascii_alphabetic)
-        && b
-            .iter()
+        && b.iter()
             .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
 }
 
@@ -1633,8 +1652,7 @@ fn parse_params(s: &str) -> Option<Vec<(String, Option<String>)>> {
                 quoted_end(v.as_bytes(), 0) == Some(v.len())
             } else {
                 !v.is_empty()
-                    && v
-                        .bytes()
+                    && v.bytes()
                         .all(|c| is_token_byte(c) || matches!(c, b'[' | b']' | b':'))
             };
             if !ok {
@@ -1738,9 +1756,9 @@ fn check_tel(rest: &str) -> bool {
     let number = parts.next().unwrap_or("");
     let digits = number.strip_prefix('+').unwrap_or(number);
     let number_ok = digits.bytes().any(|c| c.is_ascii_hexdigit())
-        && digits.bytes().all(|c| {
-            c.is_ascii_hexdigit() || matches!(c, b'*' | b'#' | b'-' | b'.' | b'(' | b')')
-        });
+        && digits
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() || matches!(c, b'*' | b'#' | b'-' | b'.' | b'(' | b')'));
     number_ok
         && parts.all(|p| !p.is_empty() && check_escaped(p, |c| is_param_unreserved(c) || c == b'='))
 }
@@ -1779,4 +1797,1131 @@ fn header_tag(headers: &Headers, name: &str) -> Option<String> {
     na.param("tag")
         .filter(|t| !t.is_empty())
         .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    const LIMITS: Limits = Limits {
+        max_message_bytes: 65_535,
+        max_headers: 256,
+    };
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/rfc4475");
+
+    fn req(text: &str) -> Request {
+        match parse(text.as_bytes(), &LIMITS) {
+            Ok(SipMessage::Request(r)) => r,
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+
+    fn parse_err(text: &[u8]) -> ParseError {
+        match parse(text, &LIMITS) {
+            Err(e) => e,
+            Ok(m) => panic!("expected an error, got {m:?}"),
+        }
+    }
+
+    const BASIC: &str = "INVITE sip:alice@example.com SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1\r\n\
+        Max-Forwards: 70\r\n\
+        From: \"Bob\" <sip:bob@example.org>;tag=ft\r\n\
+        To: <sip:alice@example.com>\r\n\
+        Call-ID: abc@192.0.2.1\r\n\
+        CSeq: 1 INVITE\r\n\
+        Content-Length: 4\r\n\
+        \r\n\
+        v=0\r";
+
+    #[test]
+    fn basic_request() {
+        let r = req(BASIC);
+        assert_eq!(r.method, Method::Invite);
+        assert_eq!(r.uri, "sip:alice@example.com");
+        assert_eq!(&r.body[..], b"v=0\r");
+        assert_eq!(r.call_id(), Some("abc@192.0.2.1"));
+        assert_eq!(r.from_tag().as_deref(), Some("ft"));
+        assert_eq!(r.to_tag(), None);
+        assert_eq!(
+            r.cseq(),
+            Some(CSeq {
+                seq: 1,
+                method: Method::Invite
+            })
+        );
+        let via = r.top_via().unwrap();
+        assert_eq!(via.transport, "UDP");
+        assert_eq!(via.host, "192.0.2.1");
+        assert_eq!(via.port, Some(5060));
+        assert_eq!(via.branch.as_deref(), Some("z9hG4bK1"));
+        assert_eq!(r.uri_user().as_deref(), Some("alice"));
+        r.validate().unwrap();
+    }
+
+    #[test]
+    fn method_is_case_sensitive() {
+        assert_eq!(Method::parse("INVITE"), Method::Invite);
+        assert_eq!(Method::parse("invite"), Method::Other("invite".into()));
+        assert_eq!(Method::parse("FOO").as_str(), "FOO");
+        for m in [
+            "INVITE",
+            "ACK",
+            "BYE",
+            "CANCEL",
+            "OPTIONS",
+            "REGISTER",
+            "INFO",
+            "UPDATE",
+            "PRACK",
+            "SUBSCRIBE",
+            "NOTIFY",
+            "REFER",
+            "MESSAGE",
+            "PUBLISH",
+        ] {
+            assert_eq!(Method::parse(m).as_str(), m);
+            assert!(!matches!(Method::parse(m), Method::Other(_)));
+        }
+        // A non-token method is a 400.
+        let bad = BASIC.replacen("INVITE sip", "INV<ITE sip", 1);
+        let e = parse_err(bad.as_bytes());
+        assert_eq!((e.cause, e.reply), ("bad_method", Some(400)));
+    }
+
+    #[test]
+    fn compact_names_are_expanded() {
+        let r = req(
+            "OPTIONS sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\
+             i: cid\r\nf: <sip:x@y>;tag=1\r\nT: sip:a@b\r\nm: <sip:c@d>\r\n\
+             c: text/plain\r\nk: timer\r\ns: hi\r\ne: gzip\r\no: dialog\r\n\
+             r: <sip:r@x>\r\nb: <sip:b@x>\r\nu: talk\r\nx: 90\r\nl: 0\r\nCSeq: 1 OPTIONS\r\n\r\n",
+        );
+        let names: Vec<&str> = r.headers.iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "Via",
+                "Call-ID",
+                "From",
+                "To",
+                "Contact",
+                "Content-Type",
+                "Supported",
+                "Subject",
+                "Content-Encoding",
+                "Event",
+                "Refer-To",
+                "Referred-By",
+                "Allow-Events",
+                "Session-Expires",
+                "Content-Length",
+                "CSeq"
+            ]
+        );
+        assert_eq!(r.headers.get("call-id"), Some("cid"));
+        assert_eq!(r.headers.get("I"), Some("cid"));
+        assert_eq!(r.headers.count("v"), 1);
+        r.validate().unwrap();
+    }
+
+    #[test]
+    fn other_names_kept_as_received_but_matched_case_insensitively() {
+        let r = req("OPTIONS sip:a@b SIP/2.0\r\nX-CusTom : one\r\nx-custom: two\r\n\r\n");
+        assert_eq!(r.headers.iter().next(), Some(("X-CusTom", "one")));
+        assert_eq!(r.headers.count("X-CUSTOM"), 2);
+        assert_eq!(r.headers.get_all("x-custom"), ["one", "two"]);
+    }
+
+    #[test]
+    fn folding_joins_with_single_space() {
+        let r = req(
+            "OPTIONS sip:a@b SIP/2.0\r\nSubject: one\r\n  two\r\n\tthree\r\n\
+             Via:\r\n SIP/2.0/UDP\r\n  h:5060 ;\r\n branch=\r\n z9hG4bKq\r\n\r\n",
+        );
+        assert_eq!(r.headers.get("Subject"), Some("one two three"));
+        let via = r.top_via().unwrap();
+        assert_eq!((via.host.as_str(), via.port), ("h", Some(5060)));
+        assert_eq!(via.branch.as_deref(), Some("z9hG4bKq"));
+        // A continuation line with nothing to continue is an error.
+        let e = parse_err(b"OPTIONS sip:a@b SIP/2.0\r\n folded\r\nVia: SIP/2.0/UDP h\r\n\r\n");
+        assert_eq!((e.cause, e.reply), ("bad_header", Some(400)));
+    }
+
+    #[test]
+    fn malformed_header_lines() {
+        for line in ["NoColon", "Bad Name: x", ": empty", "Bad\"Name: x"] {
+            let msg = format!("OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n{line}\r\n\r\n");
+            let e = parse_err(msg.as_bytes());
+            assert_eq!((e.cause, e.reply), ("bad_header", Some(400)), "{line}");
+            // The answerable parts survive.
+            assert_eq!(e.request.unwrap().headers.count("Via"), 1);
+        }
+        let e = parse_err(b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nX: a\rb\r\n\r\n");
+        assert_eq!(e.cause, "bad_header");
+    }
+
+    #[test]
+    fn body_framing() {
+        let base = "MESSAGE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n";
+        // Extra bytes beyond Content-Length are ignored.
+        let r = req(&format!("{base}Content-Length: 3\r\n\r\nabcdef"));
+        assert_eq!(&r.body[..], b"abc");
+        // No Content-Length: the rest of the datagram.
+        let r = req(&format!("{base}\r\nabc\r\n"));
+        assert_eq!(&r.body[..], b"abc\r\n");
+        // No blank line at all: empty body.
+        let r = req(base);
+        assert!(r.body.is_empty());
+        // Binary body with NUL, bare CR and LF.
+        let mut raw = format!("{base}l: 5\r\n\r\n").into_bytes();
+        raw.extend_from_slice(b"\0\r\n\r\x80");
+        match parse(&raw, &LIMITS).unwrap() {
+            SipMessage::Request(r) => assert_eq!(&r.body[..], b"\0\r\n\r\x80"),
+            m => panic!("{m:?}"),
+        }
+        for (cl, why) in [
+            ("7", "larger than body"),
+            ("-1", "negative"),
+            ("+3", "signed"),
+            ("3x", "junk"),
+            ("", "empty"),
+            ("99999999999999999999999", "overflow"),
+        ] {
+            let e = parse_err(format!("{base}Content-Length: {cl}\r\n\r\nabc").as_bytes());
+            assert_eq!(
+                (e.cause, e.reply),
+                ("bad_content_length", Some(400)),
+                "{why}"
+            );
+        }
+        let e = parse_err(
+            format!("{base}Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc").as_bytes(),
+        );
+        assert_eq!((e.cause, e.reply), ("bad_content_length", Some(400)));
+    }
+
+    #[test]
+    fn leading_crlf_and_keepalives() {
+        let r = req(&format!("\r\n\r\n{BASIC}"));
+        assert_eq!(r.method, Method::Invite);
+        let e = parse_err(b"\r\n\r\n");
+        assert_eq!((e.cause, e.reply), ("empty", None));
+        let e = parse_err(b"");
+        assert_eq!(e.cause, "empty");
+    }
+
+    #[test]
+    fn limits() {
+        let small = Limits {
+            max_message_bytes: 100,
+            max_headers: 3,
+        };
+        let e = parse(BASIC.as_bytes(), &small).unwrap_err();
+        assert_eq!((e.cause, e.reply), ("too_large", Some(400)));
+        // What fitted in the first 100 bytes is there to answer with.
+        let partial = e.request.unwrap();
+        assert_eq!(partial.method, Method::Invite);
+        assert_eq!(partial.headers.count("Via"), 1);
+
+        let roomy = Limits {
+            max_message_bytes: 10_000,
+            max_headers: 3,
+        };
+        let e = parse(BASIC.as_bytes(), &roomy).unwrap_err();
+        assert_eq!((e.cause, e.reply), ("too_many_headers", Some(400)));
+        assert_eq!(e.request.unwrap().headers.len(), 3);
+
+        let resp = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+        let e = parse(resp.as_bytes(), &roomy).unwrap_err();
+        assert_eq!((e.cause, e.reply), ("too_many_headers", None));
+        let e = parse(resp.as_bytes(), &small.clone_with_bytes(20)).unwrap_err();
+        assert_eq!(
+            (e.cause, e.reply, e.request.is_none()),
+            ("too_large", None, true)
+        );
+        // Exactly at the limits is fine.
+        let exact = Limits {
+            max_message_bytes: resp.len(),
+            max_headers: 4,
+        };
+        assert!(parse(resp.as_bytes(), &exact).is_ok());
+    }
+
+    impl Limits {
+        fn clone_with_bytes(self, max_message_bytes: usize) -> Limits {
+            Limits {
+                max_message_bytes,
+                ..self
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_is_not_answered() {
+        for g in [
+            &b"hello"[..],
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\x16\x03\x01\x02\x00",
+        ] {
+            let e = parse_err(g);
+            assert_eq!((e.cause, e.reply), ("bad_start_line", None));
+        }
+        // A request without Via cannot be answered.
+        let e = parse_err(b"OPTIONS sip:a@b SIP/3.0\r\nTo: <sip:a@b>\r\n\r\n");
+        assert_eq!((e.cause, e.reply), ("version_not_supported", None));
+    }
+
+    #[test]
+    fn request_line_whitespace_and_version() {
+        for (line, cause, status) in [
+            ("OPTIONS  sip:a@b SIP/2.0", "bad_request_line", 400),
+            ("OPTIONS sip:a@b SIP/2.0 ", "bad_request_line", 400),
+            ("OPTIONS sip:a@b; lr SIP/2.0", "bad_request_line", 400),
+            ("OPTIONS\tsip:a@b SIP/2.0", "bad_request_line", 400),
+            ("OPTIONS sip:a@b SIP/2.1", "version_not_supported", 505),
+        ] {
+            let e = parse_err(format!("{line}\r\nVia: SIP/2.0/UDP h\r\n\r\n").as_bytes());
+            assert_eq!((e.cause, e.reply), (cause, Some(status)), "{line}");
+        }
+        // Version compares case-insensitively (ABNF literals are).
+        let r = req("OPTIONS sip:a@b sip/2.0\r\n\r\n");
+        assert_eq!(r.method, Method::Options);
+    }
+
+    #[test]
+    fn responses() {
+        let text =
+            "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/TCP h:5070;branch=z9hG4bKa;received=192.0.2.9\r\n\
+             CSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let SipMessage::Response(r) = parse(text.as_bytes(), &LIMITS).unwrap() else {
+            panic!("not a response");
+        };
+        assert_eq!((r.status, r.reason.as_str()), (180, "Ringing"));
+        assert_eq!(r.cseq().unwrap().seq, 7);
+        assert_eq!(r.top_via().unwrap().received.as_deref(), Some("192.0.2.9"));
+        for (line, ok) in [
+            ("SIP/2.0 100 ", true),
+            ("SIP/2.0 100", true),
+            ("SIP/2.0 699 x", true),
+            ("SIP/2.0 700 x", false),
+            ("SIP/2.0 099 x", false),
+            ("SIP/2.0 1000 x", false),
+            ("SIP/2.0 20 x", false),
+            ("SIP/2.0 abc x", false),
+            ("SIP/3.0 200 OK", false),
+        ] {
+            let res = parse(format!("{line}\r\n\r\n").as_bytes(), &LIMITS);
+            assert_eq!(res.is_ok(), ok, "{line}");
+            if let Err(e) = res {
+                assert_eq!(e.reply, None);
+            }
+        }
+        let e = parse_err(b"SIP/2.0 200 OK\r\nCSeq: 99999999999 INVITE\r\n\r\n");
+        assert_eq!((e.cause, e.reply), ("bad_cseq", None));
+    }
+
+    #[test]
+    fn header_api() {
+        let mut h = Headers::default();
+        assert!(h.is_empty());
+        h.push("v", "SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b");
+        h.push("Via", "SIP/2.0/UDP c");
+        h.push("Contact", "\"Doe, John\" <sip:j@x;p=1,2>, <sip:k@y>");
+        h.push("Allow", "INVITE, ACK,,BYE");
+        h.push("Authorization", "Digest a=\"b\", c=d");
+        h.push("X-Thing", "1");
+        assert_eq!(h.len(), 6);
+        assert_eq!(h.get("Via"), Some("SIP/2.0/UDP a;branch=z9hG4bK1"));
+        assert_eq!(
+            h.get_all("VIA"),
+            [
+                "SIP/2.0/UDP a;branch=z9hG4bK1",
+                "SIP/2.0/UDP b",
+                "SIP/2.0/UDP c"
+            ]
+        );
+        assert_eq!(h.count("Via"), 2);
+        assert_eq!(
+            h.get_all("m"),
+            ["\"Doe, John\" <sip:j@x;p=1,2>", "<sip:k@y>"]
+        );
+        assert_eq!(h.get_all("Allow"), ["INVITE", "ACK", "BYE"]);
+        assert_eq!(h.get_all("Authorization"), ["Digest a=\"b\", c=d"]);
+        h.set("x-thing", "2");
+        h.push("X-Thing", "3");
+        h.set("X-THING", "4");
+        assert_eq!(h.get_all("x-thing"), ["4"]);
+        // set keeps the position of the first field.
+        assert_eq!(h.iter().nth(5).map(|(_, v)| v), Some("4"));
+        h.set("New", "n");
+        assert_eq!(h.iter().last(), Some(("New", "n")));
+        h.remove("v");
+        assert_eq!(h.count("Via"), 0);
+        assert_eq!(h.get("Via"), None);
+        assert_eq!(h.get_all("Via"), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn crlf_injection_is_neutralised() {
+        let mut r = req(BASIC);
+        r.headers.push("Subject", "hi\r\nEvil: 1");
+        r.headers.set("X-Other", "a\nb\rc");
+        r.headers.push("Bad Name:\r\n", "v");
+        r.uri = "sip:a@b SIP/2.0\r\nEvil: 2\r\n".into();
+        let bytes = r.to_bytes();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("\r\nEvil"), "{text}");
+        assert!(text.contains("Subject: hi  Evil: 1\r\n"));
+        assert!(text.contains("X-Other: a b c\r\n"));
+        assert!(text.contains("Bad-Name---: v\r\n"));
+        assert!(text.starts_with("INVITE sip:a@b%20SIP/2.0%0D%0AEvil:%202%0D%0A SIP/2.0\r\n"));
+        let mut resp = Response::for_request(&r, 200, "OK\r\nEvil: 3", Some("t\r\nEvil: 4"));
+        resp.headers.push("X", "\r\n\r\n");
+        let text = String::from_utf8_lossy(&resp.to_bytes()).into_owned();
+        assert!(!text.contains("\r\nEvil"), "{text}");
+        // Reparses as exactly the headers that were set.
+        let SipMessage::Response(back) = parse(text.as_bytes(), &LIMITS).unwrap() else {
+            panic!()
+        };
+        assert_eq!(back.headers.len(), resp.headers.len() + 1);
+    }
+
+    #[test]
+    fn response_for_request() {
+        let r = req("INVITE sip:a@b SIP/2.0\r\n\
+             Via: SIP/2.0/UDP p1;branch=z9hG4bK1, SIP/2.0/UDP p2;branch=z9hG4bK2\r\n\
+             v: SIP/2.0/TCP p3;branch=z9hG4bK3\r\n\
+             Record-Route: <sip:p1;lr>\r\n\
+             f: <sip:x@y>;tag=abc\r\nt: <sip:a@b>\r\ni: cid\r\nCSeq: 5 INVITE\r\n\
+             Content-Length: 0\r\n\r\n");
+        let resp = Response::for_request(&r, 486, reason_phrase(486), Some("tt"));
+        let names: Vec<&str> = resp.headers.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["Via", "Via", "From", "To", "Call-ID", "CSeq"]);
+        assert_eq!(
+            resp.headers.get_all("Via"),
+            [
+                "SIP/2.0/UDP p1;branch=z9hG4bK1",
+                "SIP/2.0/UDP p2;branch=z9hG4bK2",
+                "SIP/2.0/TCP p3;branch=z9hG4bK3"
+            ]
+        );
+        assert_eq!(resp.headers.get("To"), Some("<sip:a@b>;tag=tt"));
+        assert_eq!(resp.headers.get("From"), Some("<sip:x@y>;tag=abc"));
+        assert_eq!(resp.cseq().unwrap().method, Method::Invite);
+        assert_eq!(resp.top_via().unwrap().host, "p1");
+        let text = String::from_utf8(resp.to_bytes().to_vec()).unwrap();
+        assert!(text.starts_with("SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/UDP p1;"));
+        assert!(text.ends_with("CSeq: 5 INVITE\r\nContent-Length: 0\r\n\r\n"));
+        // No tag on 100 Trying, and an existing tag is kept.
+        let trying = Response::for_request(&r, 100, "Trying", Some("tt"));
+        assert_eq!(trying.headers.get("To"), Some("<sip:a@b>"));
+        let mut r2 = r.clone();
+        r2.headers.set("To", "<sip:a@b>;tag=orig");
+        let ok = Response::for_request(&r2, 200, "OK", Some("tt"));
+        assert_eq!(ok.headers.get("To"), Some("<sip:a@b>;tag=orig"));
+        let untagged = Response::for_request(&r, 200, "OK", None);
+        assert_eq!(untagged.headers.get("To"), Some("<sip:a@b>"));
+    }
+
+    #[test]
+    fn serialisation_recomputes_content_length() {
+        let mut r = req(BASIC);
+        r.body = Bytes::from_static(b"hello");
+        let text = String::from_utf8(r.to_bytes().to_vec()).unwrap();
+        assert_eq!(text.matches("Content-Length").count(), 1);
+        assert!(text.ends_with("Content-Length: 5\r\n\r\nhello"));
+        let mut resp = Response::for_request(&r, 200, "OK", None);
+        resp.headers.push("l", "999");
+        let text = String::from_utf8(resp.to_bytes().to_vec()).unwrap();
+        assert!(text.ends_with("Content-Length: 0\r\n\r\n"), "{text}");
+        assert!(!text.contains("999"));
+    }
+
+    /// Headers without Content-Length (moved to the end by serialisation).
+    fn without_cl(h: &Headers) -> Vec<(String, String)> {
+        h.iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("Content-Length"))
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn assert_round_trip(msg: &SipMessage) {
+        let bytes = match msg {
+            SipMessage::Request(r) => r.to_bytes(),
+            SipMessage::Response(r) => r.to_bytes(),
+        };
+        let back = parse(&bytes, &LIMITS).expect("reparse");
+        match (msg, &back) {
+            (SipMessage::Request(a), SipMessage::Request(b)) => {
+                assert_eq!((&a.method, &a.uri, &a.body), (&b.method, &b.uri, &b.body));
+                assert_eq!(without_cl(&a.headers), without_cl(&b.headers));
+                assert_eq!(b.to_bytes(), bytes);
+            }
+            (SipMessage::Response(a), SipMessage::Response(b)) => {
+                assert_eq!(
+                    (a.status, &a.reason, &a.body),
+                    (b.status, &b.reason, &b.body)
+                );
+                assert_eq!(without_cl(&a.headers), without_cl(&b.headers));
+                assert_eq!(b.to_bytes(), bytes);
+            }
+            _ => panic!("kind changed"),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        assert_round_trip(&SipMessage::Request(req(BASIC)));
+    }
+
+    fn stamped(via: &str, source: &str) -> String {
+        let mut r = req(&format!(
+            "OPTIONS sip:a@b SIP/2.0\r\nVia: {via}\r\nVia: SIP/2.0/UDP other\r\n\r\n"
+        ));
+        r.stamp_received(source.parse().unwrap());
+        assert_eq!(r.headers.get_all("Via").last(), Some(&"SIP/2.0/UDP other"));
+        let top = r.headers.iter().next().unwrap().1.to_string();
+        top
+    }
+
+    #[test]
+    fn stamp_received_and_rport() {
+        // Host name differs from the source: received added.
+        assert_eq!(
+            stamped(
+                "SIP/2.0/UDP pc.example.com;branch=z9hG4bK1",
+                "192.0.2.7:5060"
+            ),
+            "SIP/2.0/UDP pc.example.com;branch=z9hG4bK1;received=192.0.2.7"
+        );
+        // Same address, no rport: untouched (whitespace and all).
+        assert_eq!(
+            stamped(
+                "SIP/2.0/UDP 192.0.2.7:5060 ; branch=z9hG4bK1",
+                "192.0.2.7:5999"
+            ),
+            "SIP/2.0/UDP 192.0.2.7:5060 ; branch=z9hG4bK1"
+        );
+        // Bare rport: filled, and received added even for the same address (RFC 3581).
+        assert_eq!(
+            stamped(
+                "SIP/2.0/UDP 192.0.2.7:5060;rport;branch=z9hG4bK1",
+                "192.0.2.7:40000"
+            ),
+            "SIP/2.0/UDP 192.0.2.7:5060;rport=40000;branch=z9hG4bK1;received=192.0.2.7"
+        );
+        // Existing received replaced; IPv4-mapped source written as IPv4.
+        assert_eq!(
+            stamped(
+                "SIP/2.0/UDP 10.0.0.1;received=10.9.9.9;branch=z9hG4bK1",
+                "[::ffff:198.51.100.1]:5060"
+            ),
+            "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;received=198.51.100.1"
+        );
+        // IPv6 sent-by equal to the source.
+        assert_eq!(
+            stamped(
+                "SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK1",
+                "[2001:db8::1]:5060"
+            ),
+            "SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK1"
+        );
+        assert_eq!(
+            stamped(
+                "SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK1",
+                "[2001:db8::2]:5060"
+            ),
+            "SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK1;received=2001:db8::2"
+        );
+        // Only the first element of a comma list is rewritten.
+        assert_eq!(
+            stamped("SIP/2.0/UDP a;rport, SIP/2.0/UDP b;rport", "192.0.2.1:1234"),
+            "SIP/2.0/UDP a;rport=1234;received=192.0.2.1, SIP/2.0/UDP b;rport"
+        );
+        // Malformed top Via: left alone.
+        assert_eq!(stamped("SIP/2.0/UDP", "192.0.2.1:1"), "SIP/2.0/UDP");
+        let mut r = req("OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;rport\r\n\r\n");
+        r.stamp_received("192.0.2.1:9".parse().unwrap());
+        let via = r.top_via().unwrap();
+        assert_eq!(via.rport, Some(Some(9)));
+        assert_eq!(via.received.as_deref(), Some("192.0.2.1"));
+    }
+
+    #[test]
+    fn via_parsing() {
+        let v = Via::parse("SIP / 2.0 / tls  host.example.com : 5061 ; branch = z9hG4bKx ; rport")
+            .unwrap();
+        assert_eq!(v.transport, "TLS");
+        assert_eq!((v.host.as_str(), v.port), ("host.example.com", Some(5061)));
+        assert_eq!(v.branch.as_deref(), Some("z9hG4bKx"));
+        assert_eq!(v.rport, Some(None));
+        for bad in [
+            "",
+            "SIP/2.0/UDP",
+            "SIP/2.0/UDPhost",
+            "SIP/2.0 UDP host",
+            "SIP/2.0/UDP host:70000",
+            "SIP/2.0/UDP host:",
+            "SIP/2.0/UDP ho st",
+            "SIP/2.0/UDP 192.0.2.300",
+            "SIP/2.0/UDP host;;",
+            "SIP/2.0/UDP host;branch",
+            "SIP/2.0/UDP host;rport=x",
+            "SIP/2.0/UDP host;received=not-an-ip",
+            "SIP/2.0/UDP [::1",
+        ] {
+            assert_eq!(Via::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cseq_parsing() {
+        assert_eq!(
+            CSeq::parse("4294967295 BYE"),
+            Some(CSeq {
+                seq: u32::MAX,
+                method: Method::Bye
+            })
+        );
+        assert_eq!(CSeq::parse("0009   INVITE").map(|c| c.seq), Some(9));
+        for bad in [
+            "4294967296 BYE",
+            "1",
+            "BYE",
+            "1BYE",
+            "1 B YE",
+            "-1 BYE",
+            "1 BY<E",
+        ] {
+            assert_eq!(CSeq::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn name_addr_parsing() {
+        let na = NameAddr::parse("\"A \\\"B\\\"\" <sip:a@b>;tag=1;x").unwrap();
+        assert_eq!(na.display.as_deref(), Some("\"A \\\"B\\\"\""));
+        assert_eq!(na.uri, "sip:a@b");
+        assert_eq!((na.param("TAG"), na.param("x")), (Some("1"), Some("")));
+        let na = NameAddr::parse("Alice Smith <tel:+1-555-0100>").unwrap();
+        assert_eq!(na.display.as_deref(), Some("Alice Smith"));
+        let na = NameAddr::parse("sip:a@b;tag=9").unwrap();
+        assert_eq!((na.uri.as_str(), na.param("tag")), ("sip:a@b", Some("9")));
+        assert!(NameAddr::parse("<urn:service:sos>").is_ok());
+        for bad in [
+            "",
+            "\"open <sip:a@b>",
+            "A, B <sip:a@b>",
+            "< sip:a@b>",
+            "<sip:a@b >",
+            "<sip:a@b",
+            "sip:a@b?x=y",
+            "sip:a@b, sip:c@d",
+            "<sip:a@b> junk",
+            "<sip:a@b>;;",
+            "<sip:a@b>;tag=",
+            "<sip:a b@c>",
+            "<nourl>",
+            "<sip:a@b:port>",
+        ] {
+            assert!(NameAddr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sip_uri_parsing() {
+        let u = SipUri::parse("sips:al%69ce:pw@[2001:db8::1]:5061;transport=tcp;lr?subject=x&h=")
+            .unwrap();
+        assert!(u.sips);
+        assert_eq!(u.user.as_deref(), Some("al%69ce"));
+        assert_eq!(u.password.as_deref(), Some("pw"));
+        assert_eq!((u.host.as_str(), u.port), ("2001:db8::1", Some(5061)));
+        assert_eq!(u.params.len(), 2);
+        assert_eq!(u.headers.as_deref(), Some("subject=x&h="));
+        assert_eq!(unescape(u.user.as_deref().unwrap()), "alice");
+        for bad in [
+            "sip:",
+            "sip:@h",
+            "sip:a@",
+            "sip:a@h:x",
+            "sip:a@h;",
+            "sip:a@h;=v",
+            "sip:a%4@h",
+            "sip:a@h?x",
+            "sip:a@h h",
+            "sip:a@<h>",
+            "http://x",
+            "sip:a@b@c",
+        ] {
+            assert_eq!(SipUri::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn uri_user_forms() {
+        let mut r = req(BASIC);
+        for (uri, user) in [
+            ("sip:%61lice@example.com", Some("alice")),
+            ("sips:bob:secret@example.com", Some("bob")),
+            ("sip:example.com", None),
+            ("sip:+14155550100@trunk;user=phone", Some("+14155550100")),
+            ("tel:+14155550100", Some("+14155550100")),
+            (
+                "tel:+1-415-555-0100;phone-context=example.com",
+                Some("+14155550100"),
+            ),
+            (
+                "sip:user;par=u%40example.net@example.com",
+                Some("user;par=u@example.net"),
+            ),
+            ("sip:null-%00-null@example.com", Some("null-\0-null")),
+            ("mailto:a@b", None),
+            ("tel:", None),
+        ] {
+            r.uri = uri.into();
+            assert_eq!(r.uri_user().as_deref(), user, "{uri}");
+        }
+    }
+
+    #[test]
+    fn validate_rules() {
+        let check = |from: &str, to: &str| -> Option<u16> {
+            let text = BASIC.replace(from, to);
+            match parse(text.as_bytes(), &LIMITS) {
+                Ok(SipMessage::Request(r)) => r.validate().err().map(|e| {
+                    assert!(e.request.is_some());
+                    e.reply.unwrap()
+                }),
+                Err(e) => e.reply,
+                Ok(m) => panic!("{m:?}"),
+            }
+        };
+        assert_eq!(check("Max-Forwards: 70", "Max-Forwards: 255"), None);
+        assert_eq!(check("Max-Forwards: 70", "Max-Forwards: 256"), Some(400));
+        assert_eq!(check("Max-Forwards: 70", "Max-Forwards: x"), Some(400));
+        assert_eq!(check("Max-Forwards: 70\r\n", ""), None);
+        assert_eq!(check("CSeq: 1 INVITE", "CSeq: 1 BYE"), Some(400));
+        assert_eq!(
+            check("CSeq: 1 INVITE", "CSeq: 4294967296 INVITE"),
+            Some(400)
+        );
+        assert_eq!(check("Call-ID: abc@192.0.2.1\r\n", ""), Some(400));
+        assert_eq!(check("Call-ID: abc@192.0.2.1", "Call-ID: a b"), Some(400));
+        assert_eq!(
+            check(
+                "To: <sip:alice@example.com>",
+                "To: <sip:a@b>\r\nTo: <sip:c@d>"
+            ),
+            Some(400)
+        );
+        assert_eq!(
+            check("sip:alice@example.com SIP", "sips:alice@example.com SIP"),
+            None
+        );
+        assert_eq!(
+            check("sip:alice@example.com SIP", "tel:+15550100 SIP"),
+            None
+        );
+        assert_eq!(
+            check("sip:alice@example.com SIP", "http://x SIP"),
+            Some(416)
+        );
+        assert_eq!(check("sip:alice@example.com SIP", "urn:x:y SIP"), Some(416));
+        assert_eq!(
+            check("sip:alice@example.com SIP", "sip:a@b?x=y SIP"),
+            Some(400)
+        );
+        assert_eq!(
+            check("sip:alice@example.com SIP", "<sip:a@b> SIP"),
+            Some(400)
+        );
+        assert_eq!(
+            check("sip:alice@example.com SIP", "sip:a@b:99999 SIP"),
+            Some(400)
+        );
+        assert_eq!(check("sip:alice@example.com SIP", "nocolon SIP"), Some(400));
+        assert_eq!(
+            check(
+                "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1",
+                "Via: junk"
+            ),
+            Some(400)
+        );
+        assert_eq!(
+            check(
+                "Max-Forwards",
+                "Contact: <sip:a@b>;expires=60, sip:c@d\r\nMax-Forwards"
+            ),
+            None
+        );
+        assert_eq!(check("Max-Forwards", "Contact: *\r\nMax-Forwards"), None);
+        assert_eq!(
+            check("Max-Forwards", "Contact: <sip:a@b>,,\r\nMax-Forwards"),
+            Some(400)
+        );
+        // Without any Via there is nobody to answer.
+        let text = BASIC.replace("Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1\r\n", "");
+        let e = req(&text).validate().unwrap_err();
+        assert_eq!((e.cause, e.reply), ("missing_header", None));
+    }
+
+    #[test]
+    fn reason_phrases() {
+        assert_eq!(reason_phrase(200), "OK");
+        assert_eq!(reason_phrase(416), "Unsupported URI Scheme");
+        assert_eq!(reason_phrase(505), "Version Not Supported");
+        assert_eq!(reason_phrase(499), "Client Error");
+        assert_eq!(reason_phrase(42), "Unknown");
+    }
+
+    // ---- RFC 4475 -------------------------------------------------------------------
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Expect {
+        /// parse (and validate, for requests) succeed.
+        Accept,
+        /// parse or validate fails with this reply and cause.
+        Reject(u16, &'static str),
+        /// An invalid response: error with this cause, never answered.
+        Drop(&'static str),
+    }
+    use Expect::*;
+
+    /// The outcome chosen for each torture message, assuming UDP datagrams (so clerr and
+    /// ncl are 400s, and dblreq's trailing octets are ignored).
+    const RFC4475: &[(&str, Expect)] = &[
+        // 3.1.1: valid messages, all accepted.
+        ("wsinv.dat", Accept),
+        ("intmeth.dat", Accept),
+        ("esc01.dat", Accept),
+        ("escnull.dat", Accept),
+        ("esc02.dat", Accept),
+        ("lwsdisp.dat", Accept),
+        ("longreq.dat", Accept),
+        ("dblreq.dat", Accept),
+        ("semiuri.dat", Accept),
+        ("transports.dat", Accept),
+        ("mpart01.dat", Accept),
+        ("unreason.dat", Accept),
+        ("noreason.dat", Accept),
+        // 3.1.2: invalid messages.
+        ("badinv01.dat", Reject(400, "bad_via")), // empty Via/Contact params
+        ("clerr.dat", Reject(400, "bad_content_length")), // Content-Length beyond the datagram
+        ("ncl.dat", Reject(400, "bad_content_length")), // negative Content-Length
+        ("scalar02.dat", Reject(400, "bad_cseq")), // CSeq > 2^32-1 (and Max-Forwards 300)
+        ("scalarlg.dat", Drop("bad_cseq")),       // response with CSeq > 2^32-1
+        ("quotbal.dat", Reject(400, "bad_to")),   // strict: no guessing of the closing quote
+        ("ltgtruri.dat", Reject(400, "bad_request_uri")), // strict: <> around the Request-URI
+        ("lwsruri.dat", Reject(400, "bad_request_line")), // strict: LWS inside the Request-URI
+        ("lwsstart.dat", Reject(400, "bad_request_line")), // strict: extra SP in the Request-Line
+        ("trws.dat", Reject(400, "bad_request_line")), // strict: trailing SP in the Request-Line
+        ("escruri.dat", Reject(400, "bad_request_uri")), // strict: ?headers not allowed in a Request-URI
+        // Liberal: the Date header plays no part in what we do, so it is ignored.
+        ("baddate.dat", Accept),
+        ("regbadct.dat", Reject(400, "bad_contact")), // strict: '?' in a Contact URI outside <>
+        ("badaspec.dat", Reject(400, "bad_to")),      // strict: spaces inside <>
+        ("baddn.dat", Reject(400, "bad_from")),       // strict: ',' in an unquoted display name
+        ("badvers.dat", Reject(505, "version_not_supported")),
+        ("mismatch01.dat", Reject(400, "cseq_mismatch")),
+        ("mismatch02.dat", Reject(400, "cseq_mismatch")), // 400 rather than 501: the CSeq check comes first
+        ("bigcode.dat", Drop("bad_status")),
+        // 3.2
+        // Liberal: a branch of just the magic cookie parses; the transaction layer decides
+        // (RFC 2543-style matching). The MANIFEST allows either.
+        ("badbranch.dat", Accept),
+        // 3.3: valid syntax; the semantic answers (420, 415, 406, 483, ...) belong to the
+        // layers above, except these:
+        ("insuf.dat", Reject(400, "missing_header")),
+        ("unkscm.dat", Reject(416, "unsupported_uri_scheme")),
+        ("novelsc.dat", Reject(416, "unsupported_uri_scheme")),
+        ("unksm2.dat", Accept),
+        ("bext01.dat", Accept),
+        ("invut.dat", Accept),
+        ("regaut01.dat", Accept),
+        ("multi01.dat", Reject(400, "duplicate_header")),
+        ("mcl01.dat", Reject(400, "bad_content_length")),
+        ("bcast.dat", Accept),
+        ("zeromf.dat", Accept),
+        ("cparam01.dat", Accept),
+        ("cparam02.dat", Accept),
+        ("regescrt.dat", Accept),
+        ("sdp01.dat", Accept),
+        // 3.4
+        ("inv2543.dat", Accept),
+    ];
+
+    fn manifest() -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(format!("{DIR}/MANIFEST.tsv")).unwrap();
+        text.lines()
+            .skip(1)
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let cols: Vec<&str> = l.split('\t').collect();
+                (cols[0].to_string(), cols[3].to_string())
+            })
+            .collect()
+    }
+
+    fn read(file: &str) -> Vec<u8> {
+        std::fs::read(format!("{DIR}/{file}")).unwrap()
+    }
+
+    /// parse, then validate requests: the outcome class and, when rejected, the error.
+    fn outcome(data: &[u8]) -> (Expect, Option<ParseError>, Option<SipMessage>) {
+        let class = |e: &ParseError| match e.reply {
+            Some(code) => Reject(code, e.cause),
+            None => Drop(e.cause),
+        };
+        match parse(data, &LIMITS) {
+            Err(e) => (class(&e), Some(e), None),
+            Ok(SipMessage::Request(r)) => match r.validate() {
+                Ok(()) => (Accept, None, Some(SipMessage::Request(r))),
+                Err(e) => (class(&e), Some(e), None),
+            },
+            Ok(m) => (Accept, None, Some(m)),
+        }
+    }
+
+    #[test]
+    fn rfc4475_torture_messages() {
+        let manifest = manifest();
+        assert_eq!(manifest.len(), 49);
+        assert_eq!(RFC4475.len(), 49);
+        for (file, expected_text) in &manifest {
+            let want = RFC4475
+                .iter()
+                .find(|(f, _)| f == file)
+                .map(|(_, e)| *e)
+                .unwrap_or_else(|| panic!("{file} missing from the table"));
+            // The choice must be one the MANIFEST allows.
+            match want {
+                Accept if expected_text.starts_with("valid:") => {}
+                Accept => assert!(
+                    expected_text.starts_with("valid")
+                        || expected_text.contains("liberal")
+                        || expected_text.contains("fall back")
+                        || expected_text.contains("may reject only"),
+                    "{file}: {expected_text}"
+                ),
+                Reject(code, _) => assert!(
+                    expected_text.contains(&code.to_string())
+                        || expected_text.contains("may reject"),
+                    "{file}: {expected_text}"
+                ),
+                Drop(_) => assert!(
+                    expected_text.contains("response"),
+                    "{file}: {expected_text}"
+                ),
+            }
+            let (got, err, msg) = outcome(&read(file));
+            assert_eq!(got, want, "{file}: {err:?}");
+            if let Some(e) = err {
+                assert!(!e.reason.is_empty());
+                assert!(e.cause.bytes().all(|c| c.is_ascii_lowercase() || c == b'_'));
+                if let Some(code) = e.reply {
+                    // Enough to build the stateless answer.
+                    let r = e.request.as_deref().expect("request for a reply");
+                    let resp = Response::for_request(r, code, "x", Some("t"));
+                    assert!(resp.headers.count("Via") > 0, "{file}");
+                    // (Not necessarily reparseable: scalar02's bad CSeq is echoed.)
+                    let start = format!("SIP/2.0 {code} x\r\n");
+                    assert!(resp.to_bytes().starts_with(start.as_bytes()), "{file}");
+                }
+            }
+            if let Some(m) = msg {
+                assert_round_trip(&m);
+            }
+        }
+    }
+
+    #[test]
+    fn rfc4475_details() {
+        let get = |f: &str| match parse(&read(f), &LIMITS).unwrap() {
+            SipMessage::Request(r) => r,
+            m => panic!("{m:?}"),
+        };
+        let r = get("wsinv.dat");
+        assert_eq!(r.to_tag().as_deref(), Some("1918181833n"));
+        assert_eq!(r.from_tag().as_deref(), Some("98asjd8"));
+        assert_eq!(r.cseq().unwrap().seq, 9);
+        assert_eq!(r.headers.get("Max-Forwards"), Some("0068"));
+        assert_eq!(r.headers.get("Subject"), Some(""));
+        assert_eq!(
+            r.headers.get("NewFangledHeader"),
+            Some("newfangled value continued newfangled value")
+        );
+        let vias: Vec<Via> = r
+            .headers
+            .get_all("Via")
+            .into_iter()
+            .filter_map(Via::parse)
+            .collect();
+        assert_eq!(vias.len(), 3);
+        assert_eq!(vias[2].host, "192.168.255.111");
+        assert_eq!(vias[2].branch.as_deref(), Some("z9hG4bK30239"));
+        assert_eq!(r.body.len(), 150);
+
+        let r = get("intmeth.dat");
+        assert_eq!(
+            r.method,
+            Method::Other("!interesting-Method0123456789_*+`.%indeed'~".into())
+        );
+        assert_eq!(
+            r.uri_user().as_deref(),
+            Some("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*")
+        );
+
+        let r = get("esc01.dat");
+        assert_eq!(r.uri_user().as_deref(), Some("sips:user@example.com"));
+        assert_eq!(r.uri, "sip:sips%3Auser%40example.com@example.net");
+
+        let r = get("escnull.dat");
+        let contacts = r.headers.get_all("Contact");
+        assert_eq!(contacts.len(), 2);
+        assert_ne!(contacts[0], contacts[1]);
+
+        let r = get("esc02.dat");
+        assert_eq!(r.method, Method::Other("RE%47IST%45R".into()));
+        assert_eq!(r.headers.count("Contact"), 2);
+        assert_eq!(r.headers.count("C%6Fntact"), 1);
+
+        let r = get("semiuri.dat");
+        assert_eq!(r.uri_user().as_deref(), Some("user;par=u@example.net"));
+
+        let r = get("dblreq.dat");
+        assert_eq!(r.method, Method::Register);
+        assert!(r.body.is_empty());
+
+        let r = get("mpart01.dat");
+        assert_eq!(r.body.len(), 553);
+        assert!(r.body.contains(&0));
+        assert_eq!(r.top_via().unwrap().rport, Some(None));
+
+        let r = get("longreq.dat");
+        assert_eq!(r.headers.count("Via"), 34);
+        assert_eq!(r.top_via().unwrap().host, "sip33.example.com");
+
+        let r = get("inv2543.dat");
+        assert_eq!(r.top_via().unwrap().branch, None);
+        assert!(r.body.ends_with(b"RTP/AVP 0\r\n"));
+
+        let r = get("transports.dat");
+        let t: Vec<String> = r
+            .headers
+            .get_all("Via")
+            .into_iter()
+            .map(|v| Via::parse(v).unwrap().transport)
+            .collect();
+        assert_eq!(t, ["UDP", "SCTP", "TLS", "UNKNOWN", "TCP"]);
+
+        let SipMessage::Response(r) = parse(&read("noreason.dat"), &LIMITS).unwrap() else {
+            panic!()
+        };
+        assert_eq!((r.status, r.reason.as_str()), (100, ""));
+        let SipMessage::Response(r) = parse(&read("unreason.dat"), &LIMITS).unwrap() else {
+            panic!()
+        };
+        assert!(r.reason.starts_with("= 2**3 * 5**2 "));
+        assert!(!r.reason.is_ascii());
+
+        let e = parse(&read("badvers.dat"), &LIMITS).unwrap_err();
+        assert_eq!((e.cause, e.reply), ("version_not_supported", Some(505)));
+        let e = get("unkscm.dat").validate().unwrap_err();
+        assert_eq!(e.cause, "unsupported_uri_scheme");
+        let e = get("scalar02.dat").validate().unwrap_err();
+        assert!(e.reason.contains("CSeq"), "{}", e.reason);
+        let e = get("quotbal.dat").validate().unwrap_err();
+        assert!(e.reason.starts_with("To header"), "{}", e.reason);
+        let e = get("baddn.dat").validate().unwrap_err();
+        assert_eq!(e.cause, "bad_from");
+    }
+
+    /// Calls everything that can be called on whatever parse returned.
+    fn exercise(data: &[u8]) {
+        match parse(data, &LIMITS) {
+            Ok(SipMessage::Request(mut r)) => {
+                let _ = r.validate();
+                let _ = (
+                    r.top_via(),
+                    r.cseq(),
+                    r.to_tag(),
+                    r.from_tag(),
+                    r.uri_user(),
+                );
+                let _ = r
+                    .headers
+                    .get_all("Contact")
+                    .into_iter()
+                    .map(NameAddr::parse)
+                    .count();
+                r.stamp_received("192.0.2.1:5060".parse().unwrap());
+                let _ = r.top_via();
+                let resp = Response::for_request(&r, 400, "Bad Request", Some("x"));
+                let _ = parse(&resp.to_bytes(), &LIMITS);
+                let _ = parse(&r.to_bytes(), &LIMITS);
+            }
+            Ok(SipMessage::Response(r)) => {
+                let _ = (r.top_via(), r.cseq());
+                let _ = parse(&r.to_bytes(), &LIMITS);
+            }
+            Err(e) => {
+                if let Some(r) = e.request {
+                    let _ = r.validate();
+                    let _ = Response::for_request(&r, e.reply.unwrap_or(400), "x", None).to_bytes();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn truncations_and_mutations_never_panic() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4475);
+        const SPICY: &[u8] = b":;,\"<>\\%@ \t\r\n=?[]0/\x00\xff\xc3";
+        for (file, _) in RFC4475 {
+            let data = read(file);
+            for end in 0..=data.len() {
+                exercise(&data[..end]);
+                exercise(&data[end..]);
+            }
+            for _ in 0..300 {
+                let mut m = data.clone();
+                for _ in 0..rng.random_range(1..5) {
+                    if m.is_empty() {
+                        break;
+                    }
+                    let at = rng.random_range(0..m.len());
+                    match rng.random_range(0..4) {
+                        0 => m[at] ^= 1 << rng.random_range(0..8),
+                        1 => m[at] = SPICY[rng.random_range(0..SPICY.len())],
+                        2 => {
+                            m.remove(at);
+                        }
+                        _ => m.insert(at, SPICY[rng.random_range(0..SPICY.len())]),
+                    }
+                }
+                exercise(&m);
+            }
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5150);
+        for i in 0..5000 {
+            let len = rng.random_range(0..400);
+            let buf: Vec<u8> = if i % 2 == 0 {
+                (0..len).map(|_| rng.random()).collect()
+            } else {
+                // Mostly SIP-ish characters, so the parser gets further in.
+                const ALPHABET: &[u8] =
+                    b"SIP/2.0 INVITE sip:a@b;tag=\"x\"<>,\r\n\r\nVia: CSeq: 1 l: 3 \t%";
+                let mut b: Vec<u8> = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n".to_vec();
+                b.extend((0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())]));
+                b
+            };
+            exercise(&buf);
+        }
+    }
 }
