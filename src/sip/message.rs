@@ -233,7 +233,7 @@ pub struct ParseError {
 
 impl ParseError {
     /// An error that is never answered (responses, garbage).
-    fn drop(cause: &'static str, reason: impl Into<String>) -> ParseError {
+    fn unanswered(cause: &'static str, reason: impl Into<String>) -> ParseError {
         ParseError {
             cause,
             reason: reason.into(),
@@ -586,7 +586,8 @@ pub fn unescape(s: &str) -> String {
 /// larger than the datagram is an error (400). Without Content-Length over UDP, the body
 /// is the rest of the datagram.
 ///
-/// Leading CRLFs (keep-alives, RFC 3261 §7.5) are skipped. A header section that runs to
+/// Leading CRLFs (keep-alives, RFC 3261 §7.5) are skipped; header lines may end in CRLF or
+/// a bare LF (a bare CR inside a line is a 400). A header section that runs to
 /// the end of the buffer without a blank line is accepted with an empty body. Request
 /// syntax checked here: the Request-Line (single SPs, token method, SIP/2.0 else 505),
 /// header lines, Content-Length. Header semantics are left to [`Request::validate`].
@@ -597,7 +598,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<SipMessage, ParseError> {
     // Only ever look at the first max_message_bytes bytes, even to build the error.
     let view = buf.get(..limits.max_message_bytes).unwrap_or(buf);
     let Some(lexed) = lex(view, limits.max_headers) else {
-        return Err(ParseError::drop("empty", "empty message"));
+        return Err(ParseError::unanswered("empty", "empty message"));
     };
     if lexed.start.len() >= 4 && lexed.start[..4].eq_ignore_ascii_case(b"SIP/") {
         return parse_response(view, lexed, too_large, limits);
@@ -611,7 +612,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<SipMessage, ParseError> {
             } else {
                 "start line is neither a Request-Line nor a Status-Line"
             };
-            return Err(ParseError::drop("bad_start_line", reason));
+            return Err(ParseError::unanswered("bad_start_line", reason));
         }
     };
     let mut req = Request {
@@ -652,13 +653,13 @@ fn parse_response(
     limits: &Limits,
 ) -> Result<SipMessage, ParseError> {
     if too_large {
-        return Err(ParseError::drop(
+        return Err(ParseError::unanswered(
             "too_large",
             format!("response exceeds {} bytes", limits.max_message_bytes),
         ));
     }
     if lexed.too_many_headers {
-        return Err(ParseError::drop(
+        return Err(ParseError::unanswered(
             "too_many_headers",
             format!(
                 "response has more than {} header fields",
@@ -674,7 +675,7 @@ fn parse_response(
         None => (&start[..], &[][..]),
     };
     if !version.eq_ignore_ascii_case(b"SIP/2.0") {
-        return Err(ParseError::drop(
+        return Err(ParseError::unanswered(
             "bad_version",
             format!(
                 "unsupported version {} in Status-Line",
@@ -685,7 +686,7 @@ fn parse_response(
     let code = rest.get(..3).filter(|d| d.iter().all(u8::is_ascii_digit));
     let after = rest.get(3..).unwrap_or(&[]);
     let (Some(code), true) = (code, after.is_empty() || after[0] == b' ') else {
-        return Err(ParseError::drop(
+        return Err(ParseError::unanswered(
             "bad_status",
             "Status-Line lacks a three-digit status code",
         ));
@@ -694,20 +695,20 @@ fn parse_response(
         .iter()
         .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
     if !(100..=699).contains(&status) {
-        return Err(ParseError::drop(
+        return Err(ParseError::unanswered(
             "bad_status",
             format!("status code {status} outside 100..=699"),
         ));
     }
     let reason = String::from_utf8_lossy(after.get(1..).unwrap_or(&[])).into_owned();
     if let Some(reason) = lexed.header_error {
-        return Err(ParseError::drop("bad_header", reason));
+        return Err(ParseError::unanswered("bad_header", reason));
     }
     let body = frame_body(&lexed.headers, view, lexed.body_start)
-        .map_err(|r| ParseError::drop("bad_content_length", r))?;
+        .map_err(|r| ParseError::unanswered("bad_content_length", r))?;
     if let Some(c) = lexed.headers.get("CSeq") {
         if CSeq::parse(c).is_none() {
-            return Err(ParseError::drop(
+            return Err(ParseError::unanswered(
                 "bad_cseq",
                 "CSeq header is malformed or its number exceeds 2^32-1",
             ));
