@@ -64,7 +64,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         draining_rx.clone(),
     );
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(endpoint.clone().run(inbound_rx));
+    tasks.spawn(endpoint.clone().run(inbound_rx, shutdown_rx.clone()));
     endpoint::log_listening(&transports);
 
     let mut http_addr = None;

@@ -91,10 +91,23 @@ impl Endpoint {
         }
     }
 
-    /// Handles inbound messages until the transports close the channel.
-    pub async fn run(self, mut inbound: mpsc::Receiver<Inbound>) {
-        while let Some(msg) = inbound.recv().await {
-            self.handle_inbound(msg).await;
+    /// Handles inbound messages until shutdown, or until the transports close the channel.
+    pub async fn run(
+        self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                msg = inbound.recv() => match msg {
+                    Some(msg) => self.handle_inbound(msg).await,
+                    None => break,
+                },
+                // A dropped sender also means shutdown.
+                changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() {
+                    break;
+                },
+            }
         }
     }
 
