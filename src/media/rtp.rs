@@ -440,7 +440,7 @@ impl SeqTracker {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Small deterministic PRNG so hostile-input tests need no dependency.
