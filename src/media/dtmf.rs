@@ -238,7 +238,8 @@ enum SendState {
     Event {
         event: u8,
         start_ts: u32,
-        index: u16,
+        /// Packet number within the event (u32: tone length + repeats can exceed u16).
+        index: u32,
     },
     Gap {
         left: u16,
@@ -259,9 +260,7 @@ impl DtmfSender {
     /// Clamps the configuration so the final duration fits the 16-bit field.
     pub fn new(mut cfg: DtmfSenderConfig) -> Self {
         cfg.ts_per_packet = cfg.ts_per_packet.max(1);
-        cfg.tone_packets = cfg
-            .tone_packets
-            .clamp(1, u16::MAX / cfg.ts_per_packet);
+        cfg.tone_packets = cfg.tone_packets.clamp(1, u16::MAX / cfg.ts_per_packet);
         cfg.end_repeats = cfg.end_repeats.max(1);
         cfg.volume = cfg.volume.min(63);
         Self {
@@ -344,16 +343,18 @@ impl DtmfSender {
                     start_ts,
                     index,
                 } => {
-                    let tone = self.cfg.tone_packets;
-                    let last = tone - 1 + u16::from(self.cfg.end_repeats);
-                    // Updates carry the time elapsed so far; end packets the full length.
+                    let tone = u32::from(self.cfg.tone_packets);
+                    let last = tone - 1 + u32::from(self.cfg.end_repeats);
+                    // Updates carry the time elapsed so far; end packets the full length,
+                    // which `new` clamped to fit 16 bits.
                     let ticks = (index + 1).min(tone);
                     let end = index + 1 >= tone;
+                    let duration = ticks * u32::from(self.cfg.ts_per_packet);
                     let pkt = TelephoneEvent {
                         event,
                         end,
                         volume: self.cfg.volume,
-                        duration: ticks * self.cfg.ts_per_packet,
+                        duration: u16::try_from(duration).unwrap_or(u16::MAX),
                     };
                     self.state = if index + 1 >= last {
                         SendState::Gap {
@@ -475,12 +476,24 @@ mod tests {
     fn long_event_segments_are_one_press() {
         let mut rx = DtmfReceiver::new();
         assert!(rx.handle(true, 0, &ev(9, false, 160)).unwrap().is_some());
-        assert!(rx.handle(false, 0, &ev(9, false, 0xFFFF)).unwrap().is_none());
+        assert!(rx
+            .handle(false, 0, &ev(9, false, 0xFFFF))
+            .unwrap()
+            .is_none());
         // Next segment: new timestamp, no marker, same event.
-        assert!(rx.handle(false, 0xFFFF, &ev(9, false, 160)).unwrap().is_none());
-        assert!(rx.handle(false, 0xFFFF, &ev(9, true, 800)).unwrap().is_none());
+        assert!(rx
+            .handle(false, 0xFFFF, &ev(9, false, 160))
+            .unwrap()
+            .is_none());
+        assert!(rx
+            .handle(false, 0xFFFF, &ev(9, true, 800))
+            .unwrap()
+            .is_none());
         // A fresh press after the end is a new digit.
-        assert!(rx.handle(true, 0x2_0000, &ev(9, false, 160)).unwrap().is_some());
+        assert!(rx
+            .handle(true, 0x2_0000, &ev(9, false, 160))
+            .unwrap()
+            .is_some());
     }
 
     #[test]
@@ -590,5 +603,15 @@ mod tests {
         let last_end = (0..1000).filter_map(|t| tx.tick(t)).last().unwrap();
         let d = TelephoneEvent::parse(&last_end.payload).unwrap().duration;
         assert_eq!(d, 409 * 160);
+        // Extreme settings do not overflow.
+        let mut tx = DtmfSender::new(DtmfSenderConfig {
+            ts_per_packet: 1,
+            tone_packets: u16::MAX,
+            end_repeats: u8::MAX,
+            ..DtmfSenderConfig::default()
+        });
+        tx.queue("1").unwrap();
+        let n = (0..70_000).filter_map(|t| tx.tick(t)).count();
+        assert_eq!(n, 65534 + 255);
     }
 }

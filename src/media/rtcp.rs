@@ -325,9 +325,7 @@ fn parse_packet(packet_type: u8, count: u8, body: &[u8]) -> Result<RtcpPacket<'_
             let (list, rest) = body.split_at(4 * n);
             let reason = match rest.split_first() {
                 None => None,
-                Some((&len, text)) => {
-                    Some(text.get(..usize::from(len)).ok_or(RtcpError::BadBye)?)
-                }
+                Some((&len, text)) => Some(text.get(..usize::from(len)).ok_or(RtcpError::BadBye)?),
             };
             Ok(RtcpPacket::Bye {
                 sources: ReportSsrcs { data: list },
@@ -348,8 +346,17 @@ pub struct Compound<'a> {
     rest: &'a [u8],
 }
 
-/// Splits one packet off the front: (type, count, body without padding, remaining bytes).
-fn split_packet(buf: &[u8]) -> Result<(u8, u8, &[u8], &[u8], bool), RtcpError> {
+/// One packet split off the front of a compound datagram.
+struct Split<'a> {
+    packet_type: u8,
+    count: u8,
+    /// Without header and padding.
+    body: &'a [u8],
+    rest: &'a [u8],
+    padded: bool,
+}
+
+fn split_packet(buf: &[u8]) -> Result<Split<'_>, RtcpError> {
     if buf.len() < HEADER_LEN {
         return Err(RtcpError::TooShort);
     }
@@ -373,7 +380,13 @@ fn split_packet(buf: &[u8]) -> Result<(u8, u8, &[u8], &[u8], bool), RtcpError> {
         }
         body = &body[..body.len() - pad];
     }
-    Ok((packet_type, count, body, rest, padded))
+    Ok(Split {
+        packet_type,
+        count,
+        body,
+        rest,
+        padded,
+    })
 }
 
 /// Validates a whole compound datagram (version, lengths, padding only on the last packet,
@@ -386,12 +399,12 @@ pub fn parse_compound(buf: &[u8]) -> Result<Compound<'_>, RtcpError> {
     }
     let mut rest = buf;
     while !rest.is_empty() {
-        let (packet_type, count, body, next, padded) = split_packet(rest)?;
-        if padded && !next.is_empty() {
+        let split = split_packet(rest)?;
+        if split.padded && !split.rest.is_empty() {
             return Err(RtcpError::BadPadding);
         }
-        parse_packet(packet_type, count, body)?;
-        rest = next;
+        parse_packet(split.packet_type, split.count, split.body)?;
+        rest = split.rest;
     }
     Ok(Compound { rest: buf })
 }
@@ -400,9 +413,9 @@ impl<'a> Iterator for Compound<'a> {
     type Item = RtcpPacket<'a>;
     fn next(&mut self) -> Option<RtcpPacket<'a>> {
         // Already validated; any failure here just ends the iteration.
-        let (packet_type, count, body, next, _) = split_packet(self.rest).ok()?;
-        self.rest = next;
-        parse_packet(packet_type, count, body).ok()
+        let split = split_packet(self.rest).ok()?;
+        self.rest = split.rest;
+        parse_packet(split.packet_type, split.count, split.body).ok()
     }
 }
 
@@ -428,7 +441,12 @@ impl<'b> RtcpWriter<'b> {
     }
 
     /// Reserves `size` bytes (a multiple of 4) for a packet and writes its common header.
-    fn begin(&mut self, count: usize, packet_type: u8, size: usize) -> Result<&mut [u8], RtcpWriteError> {
+    fn begin(
+        &mut self,
+        count: usize,
+        packet_type: u8,
+        size: usize,
+    ) -> Result<&mut [u8], RtcpWriteError> {
         debug_assert!(size % 4 == 0 && count <= MAX_COUNT);
         let words = u16::try_from(size / 4 - 1).map_err(|_| RtcpWriteError::BufferTooSmall)?;
         let out = self
@@ -466,7 +484,11 @@ impl<'b> RtcpWriter<'b> {
         Ok(())
     }
 
-    pub fn receiver_report(&mut self, ssrc: u32, blocks: &[ReportBlock]) -> Result<(), RtcpWriteError> {
+    pub fn receiver_report(
+        &mut self,
+        ssrc: u32,
+        blocks: &[ReportBlock],
+    ) -> Result<(), RtcpWriteError> {
         if blocks.len() > MAX_COUNT {
             return Err(RtcpWriteError::TooMany);
         }
@@ -496,18 +518,22 @@ impl<'b> RtcpWriter<'b> {
         if sources.len() > MAX_COUNT {
             return Err(RtcpWriteError::TooMany);
         }
-        let reason_len = match reason {
-            Some(r) => 1 + usize::from(u8::try_from(r.len()).map_err(|_| RtcpWriteError::TextTooLong)?),
-            None => 0,
+        let reason = match reason {
+            Some(r) => Some((
+                u8::try_from(r.len()).map_err(|_| RtcpWriteError::TextTooLong)?,
+                r,
+            )),
+            None => None,
         };
-        let size = (HEADER_LEN + 4 * sources.len() + reason_len).next_multiple_of(4);
+        let reason_size = reason.map_or(0, |(_, r)| 1 + r.len());
+        let size = (HEADER_LEN + 4 * sources.len() + reason_size).next_multiple_of(4);
         let out = self.begin(sources.len(), PT_BYE, size)?;
         for (ssrc, dst) in sources.iter().zip(out[4..].chunks_exact_mut(4)) {
             dst.copy_from_slice(&ssrc.to_be_bytes());
         }
-        if let Some(r) = reason {
+        if let Some((len, r)) = reason {
             let at = HEADER_LEN + 4 * sources.len();
-            out[at] = reason_len as u8 - 1; // cannot truncate: checked to fit in u8 above
+            out[at] = len;
             out[at + 1..at + 1 + r.len()].copy_from_slice(r);
         }
         Ok(())
@@ -537,8 +563,10 @@ pub fn round_trip(arrival_ntp: u64, block: &ReportBlock) -> Option<Duration> {
         return None;
     }
     let a = ntp_middle(arrival_ntp);
-    let rtt = a.checked_sub(block.last_sr)?.checked_sub(block.delay_since_last_sr)?;
-    Some(Duration::from_nanos(u64::from(rtt) * 1_000_000_000 >> 16))
+    let rtt = a
+        .checked_sub(block.last_sr)?
+        .checked_sub(block.delay_since_last_sr)?;
+    Some(Duration::from_nanos((u64::from(rtt) * 1_000_000_000) >> 16))
 }
 
 /// Per-source state behind the reception report: interval counters and the last SR.
@@ -619,7 +647,11 @@ impl RtcpTimer {
     }
 
     fn randomised(interval: Duration, random: f64) -> Duration {
-        let r = if random.is_finite() { random.clamp(0.0, 1.0) } else { 0.5 };
+        let r = if random.is_finite() {
+            random.clamp(0.0, 1.0)
+        } else {
+            0.5
+        };
         interval.mul_f64(0.5 + r)
     }
 
@@ -746,6 +778,29 @@ mod tests {
         let mut buf = [0u8; 300];
         assert_eq!(
             RtcpWriter::new(&mut buf).sdes_cname(1, &[0; 256]),
+            Err(RtcpWriteError::TextTooLong)
+        );
+    }
+
+    #[test]
+    fn bye_reason_lengths() {
+        for len in [0usize, 1, 2, 3, 4, 254, 255] {
+            let reason = vec![b'r'; len];
+            let mut buf = [0u8; 400];
+            let mut w = RtcpWriter::new(&mut buf);
+            w.bye(&[1, 2], Some(&reason)).unwrap();
+            let n = w.len();
+            match parse_compound(&buf[..n]).unwrap().next() {
+                Some(RtcpPacket::Bye { sources, reason: r }) => {
+                    assert_eq!(sources.count(), 2);
+                    assert_eq!(r, Some(&reason[..]));
+                }
+                p => panic!("{p:?}"),
+            }
+        }
+        let mut buf = [0u8; 400];
+        assert_eq!(
+            RtcpWriter::new(&mut buf).bye(&[1], Some(&[0; 256])),
             Err(RtcpWriteError::TextTooLong)
         );
     }

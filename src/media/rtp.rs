@@ -530,7 +530,10 @@ pub(crate) mod tests {
         assert_eq!(RtpPacket::parse(&cc).unwrap_err(), RtpError::CsrcOverrun);
         let mut ext = ok;
         ext[0] = 0x90;
-        assert_eq!(RtpPacket::parse(&ext).unwrap_err(), RtpError::ExtensionOverrun);
+        assert_eq!(
+            RtpPacket::parse(&ext).unwrap_err(),
+            RtpError::ExtensionOverrun
+        );
         let mut pad0 = ok;
         pad0[0] = 0xA0;
         pad0[12] = 0;
@@ -538,12 +541,17 @@ pub(crate) mod tests {
         let mut pad_long = ok;
         pad_long[0] = 0xA0;
         pad_long[12] = 2;
-        assert_eq!(RtpPacket::parse(&pad_long).unwrap_err(), RtpError::BadPadding);
+        assert_eq!(
+            RtpPacket::parse(&pad_long).unwrap_err(),
+            RtpError::BadPadding
+        );
         // Padding that consumes the whole (one-byte) payload is fine.
         pad_long[12] = 1;
         assert_eq!(RtpPacket::parse(&pad_long).unwrap().payload(), &[] as &[u8]);
         // Extension length pointing past the end.
-        let mut ext_long = vec![0x90u8, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1, 2, 3, 4];
+        let mut ext_long = vec![
+            0x90u8, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1, 2, 3, 4,
+        ];
         assert_eq!(
             RtpPacket::parse(&ext_long).unwrap_err(),
             RtpError::ExtensionOverrun
@@ -673,7 +681,10 @@ pub(crate) mod tests {
         assert_eq!(t.update(40000, 0, 0), SeqStatus::BadJump);
         assert_eq!(valid(t.update(102, 0, 0)), 102); // the old stream continues
         assert_eq!(t.update(40000, 0, 0), SeqStatus::BadJump);
-        assert_eq!(t.update(40001, 0, 0), SeqStatus::Restarted { ext_seq: 40001 });
+        assert_eq!(
+            t.update(40001, 0, 0),
+            SeqStatus::Restarted { ext_seq: 40001 }
+        );
         assert_eq!(valid(t.update(40002, 0, 0)), 40002);
         let s = t.stats();
         assert_eq!((s.expected, s.received, s.restarts), (2, 2, 1));
