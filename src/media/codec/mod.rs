@@ -1,0 +1,2 @@
+pub mod g711;
+pub mod g722;
