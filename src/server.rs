@@ -62,6 +62,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         &settings.sip.limits,
         settings.sip.timers,
         draining_rx.clone(),
+        settings.sip.public_host.clone(),
     );
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(endpoint.clone().run(inbound_rx, shutdown_rx.clone()));
