@@ -60,10 +60,18 @@ pub enum DialogError {
 
 impl Dialog {
     /// The dialog our 2xx (or a provisional with a tag) to `invite` establishes.
-    pub fn from_invite(invite: &Request, local_tag: &str, flow: Target) -> Result<Dialog, DialogError> {
+    pub fn from_invite(
+        invite: &Request,
+        local_tag: &str,
+        flow: Target,
+    ) -> Result<Dialog, DialogError> {
         let call_id = invite.call_id().ok_or(DialogError::CallId)?.to_string();
         invite.from_tag().ok_or(DialogError::FromTag)?;
-        let remote = invite.headers.get("From").ok_or(DialogError::FromTag)?.to_string();
+        let remote = invite
+            .headers
+            .get("From")
+            .ok_or(DialogError::FromTag)?
+            .to_string();
         let local = invite.headers.get("To").ok_or(DialogError::To)?.to_string();
         let contact = invite
             .headers
@@ -95,7 +103,12 @@ impl Dialog {
 
     /// A new request inside the dialog (BYE, re-INVITE, INFO, ...), without Via: the
     /// endpoint adds its own when it sends.
-    pub fn request(&mut self, method: Method, contact: &str, body: Option<(&str, Bytes)>) -> Request {
+    pub fn request(
+        &mut self,
+        method: Method,
+        contact: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> Request {
         self.local_cseq = self.local_cseq.wrapping_add(1).max(1);
         let mut headers = Headers::default();
         for route in &self.route_set {
@@ -175,13 +188,19 @@ Content-Length: 0\r\n\r\n";
         let mut d = Dialog::from_invite(&invite(), "ours", flow()).unwrap();
         let bye = d.request(Method::Bye, "<sip:me@198.51.100.1>", None);
         assert_eq!(bye.uri, "sip:alice@192.0.2.1:5060;transport=udp");
-        assert_eq!(bye.headers.get("From"), Some("<sip:abc@dialtone.example>;tag=ours"));
+        assert_eq!(
+            bye.headers.get("From"),
+            Some("<sip:abc@dialtone.example>;tag=ours")
+        );
         assert_eq!(
             bye.headers.get("To"),
             Some("\"Alice\" <sip:+14155550100@trunk.example>;tag=from1")
         );
         assert_eq!(bye.headers.get("Call-ID"), Some("c1@trunk"));
-        assert_eq!(bye.headers.get_all("Route"), vec!["<sip:p1.example;lr>", "<sip:p2.example;lr>"]);
+        assert_eq!(
+            bye.headers.get_all("Route"),
+            vec!["<sip:p1.example;lr>", "<sip:p2.example;lr>"]
+        );
         assert!(bye.headers.get("Contact").is_none());
         let first = bye.cseq().unwrap().seq;
         let again = d.request(Method::Bye, "", None);
@@ -200,7 +219,10 @@ Content-Length: 0\r\n\r\n";
     fn invite_without_contact_makes_no_dialog() {
         let mut req = invite();
         req.headers.remove("Contact");
-        assert_eq!(Dialog::from_invite(&req, "t", flow()).unwrap_err(), DialogError::Contact);
+        assert_eq!(
+            Dialog::from_invite(&req, "t", flow()).unwrap_err(),
+            DialogError::Contact
+        );
     }
 
     #[test]
