@@ -191,12 +191,16 @@ async fn connect_with_tls(
     {
         Ok(Ok(ws)) => ws,
         Ok(Err(err)) => {
-            span.in_scope(|| tracing::warn!(url = %shown_url, cause = %err, "agent websocket not opened"));
+            span.in_scope(
+                || tracing::warn!(url = %shown_url, cause = %err, "agent websocket not opened"),
+            );
             return Err(err);
         }
         Err(_elapsed) => {
             let err = OpenError::Timeout(cfg.connect_timeout);
-            span.in_scope(|| tracing::warn!(url = %shown_url, cause = %err, "agent websocket not opened"));
+            span.in_scope(
+                || tracing::warn!(url = %shown_url, cause = %err, "agent websocket not opened"),
+            );
             return Err(err);
         }
     };
@@ -449,7 +453,7 @@ impl Inbound {
             AgentEvent::Media(audio) => Step::Forward(FromAgent::Media(audio)),
             AgentEvent::Mark(name) => Step::Forward(FromAgent::Mark(name)),
             AgentEvent::Clear => Step::Forward(FromAgent::Clear),
-            AgentEvent::Hangup => self.hangup(),
+            AgentEvent::Hangup => Step::Forward(FromAgent::Hangup),
             AgentEvent::SendDtmf(digits) => {
                 if protocol::valid_dtmf_digits(&digits) {
                     Step::Forward(FromAgent::SendDtmf(digits))
@@ -470,15 +474,6 @@ impl Inbound {
                 tracing::debug!(event = %truncated(&name, 64), "unknown agent event skipped");
                 Step::Skip
             }
-        }
-    }
-
-    fn hangup(&mut self) -> Step {
-        if self.hangup_sent {
-            Step::Skip
-        } else {
-            self.hangup_sent = true;
-            Step::Forward(FromAgent::Hangup)
         }
     }
 
@@ -516,14 +511,6 @@ fn truncated(s: &str, max_chars: usize) -> &str {
     }
 }
 
-/// How the session ended, from the bridge's point of view.
-enum End {
-    /// The media task sent `Stop` or dropped its sender: the socket was closed by us.
-    Stopped,
-    /// The agent side ended the session; this is what the media task is told.
-    Agent(FromAgent),
-}
-
 /// The task that owns the socket.
 async fn run(
     mut ws: AgentSocket,
@@ -532,7 +519,10 @@ async fn run(
     from_agent: mpsc::Sender<FromAgent>,
 ) {
     let mut inbound = Inbound::default();
-    let end = loop {
+    // Each way out of the loop tells the media task first (if the agent side ended the
+    // session), then finishes with the socket, so a slow close handshake never delays
+    // the end of the call.
+    loop {
         tokio::select! {
             msg = to_agent.recv() => {
                 let text = match msg {
@@ -549,14 +539,16 @@ async fn run(
                         if msg.is_none() {
                             tracing::debug!("media task went away without Stop: stopping anyway");
                         }
-                        close(&mut ws, &mut out, CloseCode::Normal, "").await;
+                        close(&mut ws, &mut out, &mut to_agent, CloseCode::Normal, "").await;
                         tracing::info!("agent websocket closed: call over");
-                        break End::Stopped;
+                        break;
                     }
                 };
                 if let Err(err) = ws.send(Message::text(text)).await {
-                    tracing::warn!(cause = %err, "agent websocket write failed");
-                    break End::Agent(FromAgent::Failed(read_error_reason(&err)));
+                    let reason = read_error_reason(&err);
+                    tracing::warn!(cause = %err, reason = reason.as_str(), "agent websocket write failed");
+                    report(&from_agent, &mut inbound, FromAgent::Failed(reason)).await;
+                    break;
                 }
             }
             frame = ws.next() => {
@@ -566,53 +558,59 @@ async fn run(
                     // Pings are answered by tungstenite on the next read or write.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Step::Skip,
                     Some(Ok(Message::Close(frame))) => {
-                        let outcome = close_reason(frame.as_ref());
-                        finish_close_handshake(&mut ws).await;
-                        break End::Agent(outcome);
+                        report(&from_agent, &mut inbound, close_reason(frame.as_ref())).await;
+                        finish_close_handshake(&mut ws, &mut to_agent).await;
+                        break;
                     }
                     Some(Err(err)) => {
                         let reason = read_error_reason(&err);
                         tracing::warn!(cause = %err, reason = reason.as_str(), "agent websocket failed");
-                        break End::Agent(FromAgent::Failed(reason));
+                        report(&from_agent, &mut inbound, FromAgent::Failed(reason)).await;
+                        break;
                     }
                     None => {
                         tracing::warn!("agent websocket ended without a close frame");
-                        break End::Agent(FromAgent::Failed(
-                            DisconnectionReason::ErrorLlmWebsocketLostConnection,
-                        ));
+                        let reason = DisconnectionReason::ErrorLlmWebsocketLostConnection;
+                        report(&from_agent, &mut inbound, FromAgent::Failed(reason)).await;
+                        break;
                     }
                 };
                 match step {
-                    Step::Forward(event) => {
-                        // An error means the media task no longer listens; the call is
-                        // ending and its Stop (or dropped sender) will end this loop.
-                        let _ = from_agent.send(event).await;
-                    }
+                    Step::Forward(event) => report(&from_agent, &mut inbound, event).await,
                     Step::Skip => {}
                     Step::Corrupt => {
                         tracing::warn!(
                             limit = CORRUPT_RUN_LIMIT,
                             "too many agent frames in a row not understood: closing"
                         );
-                        close(&mut ws, &mut out, CloseCode::Invalid, "corrupt payload").await;
-                        break End::Agent(FromAgent::Failed(
-                            DisconnectionReason::ErrorLlmWebsocketCorruptPayload,
-                        ));
+                        let reason = DisconnectionReason::ErrorLlmWebsocketCorruptPayload;
+                        report(&from_agent, &mut inbound, FromAgent::Failed(reason)).await;
+                        close(&mut ws, &mut out, &mut to_agent, CloseCode::Invalid, "corrupt payload").await;
+                        break;
                     }
                 }
             }
         }
-    };
-    if let End::Agent(event) = end {
-        let duplicate = event == FromAgent::Hangup && inbound.hangup_sent;
-        if !duplicate {
-            let _ = from_agent.send(event).await;
-        }
     }
     drop(from_agent);
+    drop(ws);
     // The socket is gone; whatever the media task still offers is accepted and dropped,
     // so it never sees a closed channel mid-call.
     while to_agent.recv().await.is_some() {}
+}
+
+/// Hands `event` to the media task; a second `Hangup` (the `hangup` event, then a close
+/// 1000) is swallowed so the call does not end twice.
+async fn report(from_agent: &mpsc::Sender<FromAgent>, inbound: &mut Inbound, event: FromAgent) {
+    if event == FromAgent::Hangup {
+        if inbound.hangup_sent {
+            return;
+        }
+        inbound.hangup_sent = true;
+    }
+    // An error means the media task no longer listens: the call is ending anyway, and
+    // its Stop (or dropped sender) ends this task.
+    let _ = from_agent.send(event).await;
 }
 
 /// The end of the call as the agent's close frame states it.
@@ -651,7 +649,13 @@ fn read_error_reason(err: &WsError) -> DisconnectionReason {
 }
 
 /// Sends `stop` and a close frame, then waits (bounded) for the agent's close reply.
-async fn close(ws: &mut AgentSocket, out: &mut Outbound, code: CloseCode, reason: &'static str) {
+async fn close(
+    ws: &mut AgentSocket,
+    out: &mut Outbound,
+    to_agent: &mut mpsc::Receiver<ToAgent>,
+    code: CloseCode,
+    reason: &'static str,
+) {
     let stop = out.stop();
     if let Err(err) = ws.send(Message::text(stop)).await {
         tracing::debug!(cause = %err, "stop not sent");
@@ -664,13 +668,22 @@ async fn close(ws: &mut AgentSocket, out: &mut Outbound, code: CloseCode, reason
         tracing::debug!(cause = %err, "close frame not sent");
         return;
     }
-    finish_close_handshake(ws).await;
+    finish_close_handshake(ws, to_agent).await;
 }
 
 /// Reads until the socket ends, so that a close frame is answered (or our own is
-/// acknowledged) and the TCP connection shuts down cleanly; bounded in time.
-async fn finish_close_handshake(ws: &mut AgentSocket) {
-    let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+/// acknowledged) and the TCP connection shuts down cleanly; bounded in time. Meanwhile
+/// the media task's messages are discarded, so its queue never fills.
+async fn finish_close_handshake(ws: &mut AgentSocket, to_agent: &mut mpsc::Receiver<ToAgent>) {
+    let mut media_task_gone = false;
+    let drain = async {
+        loop {
+            tokio::select! {
+                frame = ws.next() => if !matches!(frame, Some(Ok(_))) { break },
+                msg = to_agent.recv(), if !media_task_gone => media_task_gone = msg.is_none(),
+            }
+        }
+    };
     if tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain)
         .await
         .is_err()

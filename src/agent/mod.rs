@@ -75,7 +75,9 @@ impl AgentLink {
                 if matches!(msg, ToAgent::Media(_)) {
                     crate::metrics::agent_frames_dropped(1);
                 } else {
-                    tracing::warn!("agent queue full: a control message towards the agent was lost");
+                    tracing::warn!(
+                        "agent queue full: a control message towards the agent was lost"
+                    );
                 }
                 false
             }

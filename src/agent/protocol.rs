@@ -508,10 +508,7 @@ mod tests {
                 json!({"event":"mark","streamSid":"MZ","mark":{"name":"m1"}}),
                 AgentEvent::Mark("m1".into()),
             ),
-            (
-                json!({"event":"clear","streamSid":"MZ"}),
-                AgentEvent::Clear,
-            ),
+            (json!({"event":"clear","streamSid":"MZ"}), AgentEvent::Clear),
             (json!({"event":"hangup"}), AgentEvent::Hangup),
             (
                 json!({"event":"send_dtmf","dtmf":{"digits":"12#"}}),
