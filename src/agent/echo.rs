@@ -163,7 +163,12 @@ async fn session(mut socket: WebSocket) {
                         close(&mut socket).await;
                         return;
                     }
-                    Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return,
+                    Ok(None | Some(Err(_))) => return,
+                    Ok(Some(Ok(Message::Close(_)))) => {
+                        // Reading on flushes the automatic close reply.
+                        drain(&mut socket).await;
+                        return;
+                    }
                     Ok(Some(Ok(msg))) => msg,
                 };
                 let Message::Text(text) = msg else { continue };
@@ -218,11 +223,15 @@ async fn close(socket: &mut WebSocket) {
         code: close_code::NORMAL,
         reason: "".into(),
     };
-    if socket.send(Message::Close(Some(frame))).await.is_err() {
-        return;
+    if socket.send(Message::Close(Some(frame))).await.is_ok() {
+        drain(socket).await;
     }
-    let drain = async { while let Some(Ok(_)) = socket.recv().await {} };
-    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+}
+
+/// Reads until the socket ends (bounded), completing the close handshake.
+async fn drain(socket: &mut WebSocket) {
+    let rest = async { while let Some(Ok(_)) = socket.recv().await {} };
+    let _ = tokio::time::timeout(Duration::from_secs(2), rest).await;
 }
 
 #[cfg(test)]
