@@ -5,7 +5,7 @@
 //! Shape of the router, outermost first:
 //! - request counting (every answer, including 401s and 404s, lands in
 //!   `dialtone_http_requests_total`);
-//! - `/healthz`, `/metrics`: public;
+//! - `/healthz`, `/metrics`, and `/agents/echo` (the demo agent's websocket): public;
 //! - everything else: [`auth::require_api_key`], then [`api_routes`] (the API handlers) or
 //!   the JSON 404 fallback. Auth wraps the fallback too, so without a key an unknown path
 //!   is a 401 and the route table is not probeable.
@@ -99,6 +99,8 @@ fn build(state: AppState, api: Router<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        // The demo agent echoes back only the audio it is sent: nothing to protect.
+        .route("/agents/echo", get(crate::agent::echo::handler))
         .method_not_allowed_fallback(method_not_allowed)
         .merge(protected)
         .layer(middleware::from_fn(count_requests))
