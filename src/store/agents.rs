@@ -35,21 +35,18 @@ impl Store {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(err) if is_unique_violation(&err) => Err(StoreError::Duplicate(format!(
-                "agent {}",
-                agent.agent_id
-            ))),
+            Err(err) if is_unique_violation(&err) => {
+                Err(StoreError::Duplicate(format!("agent {}", agent.agent_id)))
+            }
             Err(err) => Err(err.into()),
         }
     }
 
     pub async fn get_agent(&self, agent_id: &str) -> Result<Option<Agent>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM agents WHERE agent_id = $1"
-        ))
-        .bind(agent_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM agents WHERE agent_id = $1"))
+            .bind(agent_id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(agent_from_row).transpose()
     }
 
@@ -179,11 +176,10 @@ fn engine_json(engine: &ResponseEngine) -> Result<String, StoreError> {
 
 fn agent_from_row(row: &AnyRow) -> Result<Agent, StoreError> {
     let engine: String = row.try_get("response_engine")?;
-    let response_engine =
-        serde_json::from_str(&engine).map_err(|e| StoreError::Corrupt {
-            column: "agents.response_engine",
-            detail: e.to_string(),
-        })?;
+    let response_engine = serde_json::from_str(&engine).map_err(|e| StoreError::Corrupt {
+        column: "agents.response_engine",
+        detail: e.to_string(),
+    })?;
     Ok(Agent {
         agent_id: row.try_get("agent_id")?,
         agent_name: row.try_get("agent_name")?,

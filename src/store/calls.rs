@@ -348,6 +348,29 @@ impl Store {
         Ok(result.rows_affected() > 0)
     }
 
+    /// Ends a call that has not been answered yet as `manual_stopped` (the API's stop when
+    /// no engine here has the call live). A claimed call being set up is ended too; its
+    /// engine learns it from [`Store::mark_ongoing`] returning false. An answered or ended
+    /// call is left alone; returns whether this call was ended.
+    pub async fn stop_registered_call(
+        &self,
+        call_id: &str,
+        end_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let reason = DisconnectionReason::ManualStopped;
+        let result = sqlx::query(
+            "UPDATE calls SET call_status = $2, disconnection_reason = $3, end_timestamp = $4, \
+             duration_ms = 0 WHERE call_id = $1 AND call_status = 'registered'",
+        )
+        .bind(call_id)
+        .bind(reason.call_status().as_str())
+        .bind(reason.as_str())
+        .bind(end_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
     /// Ends every registration nobody dialled before its window closed, as
     /// `registered_call_timeout`. Returns the ids it ended. A claim racing this sweep
     /// either wins (and the call is not touched) or loses (and gets [`Claim::Expired`]).
@@ -405,7 +428,10 @@ fn filter_clauses(filter: &CallFilter, sql: &mut Sql) -> Vec<String> {
             // "One of nothing" matches nothing.
             clauses.push("1 = 0".to_owned());
         } else {
-            let ps: Vec<String> = values.into_iter().map(|v| sql.bind(Bind::Text(v))).collect();
+            let ps: Vec<String> = values
+                .into_iter()
+                .map(|v| sql.bind(Bind::Text(v)))
+                .collect();
             clauses.push(format!("{column} IN ({})", ps.join(", ")));
         }
     };

@@ -256,11 +256,7 @@ impl MigrationSource<'static> for Embedded {
     fn resolve(
         self,
     ) -> Pin<
-        Box<
-            dyn Future<Output = Result<Vec<Migration>, sqlx::error::BoxDynError>>
-                + Send
-                + 'static,
-        >,
+        Box<dyn Future<Output = Result<Vec<Migration>, sqlx::error::BoxDynError>> + Send + 'static>,
     > {
         Box::pin(async {
             Ok(MIGRATIONS

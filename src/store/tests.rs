@@ -204,7 +204,10 @@ async fn agent_listing_pages(store: &Store) {
     let base = 4_000_000_000_000 + rand::random::<u32>() as i64 * 10;
     let ids: Vec<String> = (0..5).map(|_| new_id("agent_")).collect();
     for (i, id) in ids.iter().enumerate() {
-        store.create_agent(&agent(id, base + i as i64)).await.unwrap();
+        store
+            .create_agent(&agent(id, base + i as i64))
+            .await
+            .unwrap();
     }
     let mut seen = Vec::new();
     let mut key: Option<String> = None;
@@ -247,7 +250,10 @@ async fn call_crud_and_metadata(store: &Store) {
     let now = now_ms();
     let call = registered(&new_id("agent_"), now, now + 60_000);
     store.insert_call(&call).await.unwrap();
-    assert_eq!(store.get_call(&call.call_id).await.unwrap().as_ref(), Some(&call));
+    assert_eq!(
+        store.get_call(&call.call_id).await.unwrap().as_ref(),
+        Some(&call)
+    );
     assert!(matches!(
         store.insert_call(&call).await,
         Err(StoreError::Duplicate(_))
@@ -264,7 +270,10 @@ async fn call_crud_and_metadata(store: &Store) {
         .unwrap()
         .unwrap();
     assert_eq!(after.metadata, Some(serde_json::json!({"new": true})));
-    assert_eq!(after.retell_llm_dynamic_variables, call.retell_llm_dynamic_variables);
+    assert_eq!(
+        after.retell_llm_dynamic_variables,
+        call.retell_llm_dynamic_variables
+    );
     let cleared = store
         .update_call_metadata(
             &call.call_id,
@@ -309,7 +318,10 @@ async fn delete_refuses_live_calls(store: &Store) {
     let call = registered(&new_id("agent_"), now, now + 60_000);
     store.insert_call(&call).await.unwrap();
     assert!(matches!(
-        store.claim_registered_call(&call.call_id, now).await.unwrap(),
+        store
+            .claim_registered_call(&call.call_id, now)
+            .await
+            .unwrap(),
         Claim::Claimed(_)
     ));
     assert_eq!(
@@ -326,7 +338,12 @@ async fn delete_refuses_live_calls(store: &Store) {
         DeleteCall::Live
     );
     assert!(store
-        .finish_call(&call.call_id, DisconnectionReason::UserHangup, now + 20, None)
+        .finish_call(
+            &call.call_id,
+            DisconnectionReason::UserHangup,
+            now + 20,
+            None
+        )
         .await
         .unwrap());
     assert_eq!(
@@ -353,7 +370,12 @@ async fn list_calls_filters(store: &Store) {
         .await
         .unwrap();
     store
-        .finish_call(&a2.call_id, DisconnectionReason::AgentHangup, now + 4_000, None)
+        .finish_call(
+            &a2.call_id,
+            DisconnectionReason::AgentHangup,
+            now + 4_000,
+            None,
+        )
         .await
         .unwrap();
 
@@ -374,7 +396,10 @@ async fn list_calls_filters(store: &Store) {
             .unwrap();
         let count = store.count_calls(&filter).await.unwrap();
         assert_eq!(count as usize, page.items.len());
-        page.items.into_iter().map(|c| c.call_id).collect::<Vec<_>>()
+        page.items
+            .into_iter()
+            .map(|c| c.call_id)
+            .collect::<Vec<_>>()
     };
     let base = CallFilter {
         agents: both.clone(),
@@ -401,7 +426,10 @@ async fn list_calls_filters(store: &Store) {
         direction: Some(vec![Direction::Inbound]),
         ..base.clone()
     };
-    assert_eq!(ids(inbound).await, vec![a1.call_id.clone(), b1.call_id.clone()]);
+    assert_eq!(
+        ids(inbound).await,
+        vec![a1.call_id.clone(), b1.call_id.clone()]
+    );
     let reason = CallFilter {
         disconnection_reason: Some(vec![DisconnectionReason::AgentHangup]),
         ..base.clone()
@@ -437,12 +465,18 @@ async fn list_calls_filters(store: &Store) {
         from_number: Some(TextMatch::StartsWith("+1555".to_owned())),
         ..base.clone()
     };
-    assert_eq!(ids(prefix).await, vec![a2.call_id.clone(), b1.call_id.clone()]);
+    assert_eq!(
+        ids(prefix).await,
+        vec![a2.call_id.clone(), b1.call_id.clone()]
+    );
     let not_a1 = CallFilter {
         call_id: Some(TextMatch::Ne(a1.call_id.clone())),
         ..base.clone()
     };
-    assert_eq!(ids(not_a1).await, vec![a2.call_id.clone(), b1.call_id.clone()]);
+    assert_eq!(
+        ids(not_a1).await,
+        vec![a2.call_id.clone(), b1.call_id.clone()]
+    );
     let by_ids = CallFilter {
         call_id: Some(TextMatch::In(vec![b1.call_id.clone(), "call_x".to_owned()])),
         ..CallFilter::default()
@@ -457,7 +491,10 @@ async fn list_calls_filters(store: &Store) {
         call_id: Some(TextMatch::StartsWith("CALL_".to_owned())),
         ..base.clone()
     };
-    assert!(ids(case).await.is_empty(), "text matching is case-sensitive");
+    assert!(
+        ids(case).await.is_empty(),
+        "text matching is case-sensitive"
+    );
 }
 
 async fn list_calls_pages_both_ways(store: &Store) {
@@ -470,9 +507,7 @@ async fn list_calls_pages_both_ways(store: &Store) {
         store.insert_call(c).await.unwrap();
     }
     // Ties on created_timestamp are broken by call_id.
-    calls.sort_by(|a, b| {
-        (a.created_timestamp, &a.call_id).cmp(&(b.created_timestamp, &b.call_id))
-    });
+    calls.sort_by(|a, b| (a.created_timestamp, &a.call_id).cmp(&(b.created_timestamp, &b.call_id)));
     let filter = CallFilter {
         agents: vec![AgentMatch {
             agent_id,
@@ -515,13 +550,20 @@ async fn claim_outcomes(store: &Store) {
     let now = now_ms();
     let agent_id = new_id("agent_");
     assert_eq!(
-        store.claim_registered_call("call_missing", now).await.unwrap(),
+        store
+            .claim_registered_call("call_missing", now)
+            .await
+            .unwrap(),
         Claim::Unknown
     );
 
     let open = registered(&agent_id, now, now + 60_000);
     store.insert_call(&open).await.unwrap();
-    match store.claim_registered_call(&open.call_id, now).await.unwrap() {
+    match store
+        .claim_registered_call(&open.call_id, now)
+        .await
+        .unwrap()
+    {
         Claim::Claimed(call) => {
             assert_eq!(call.call_id, open.call_id);
             assert_eq!(call.metadata, open.metadata);
@@ -529,19 +571,28 @@ async fn claim_outcomes(store: &Store) {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        store.claim_registered_call(&open.call_id, now).await.unwrap(),
+        store
+            .claim_registered_call(&open.call_id, now)
+            .await
+            .unwrap(),
         Claim::AlreadyClaimed
     );
 
     let late = registered(&agent_id, now - 10_000, now - 1);
     store.insert_call(&late).await.unwrap();
     assert_eq!(
-        store.claim_registered_call(&late.call_id, now).await.unwrap(),
+        store
+            .claim_registered_call(&late.call_id, now)
+            .await
+            .unwrap(),
         Claim::Expired
     );
     store.expire_registrations(now).await.unwrap();
     assert_eq!(
-        store.claim_registered_call(&late.call_id, now).await.unwrap(),
+        store
+            .claim_registered_call(&late.call_id, now)
+            .await
+            .unwrap(),
         Claim::Expired,
         "still expired once swept"
     );
@@ -549,11 +600,19 @@ async fn claim_outcomes(store: &Store) {
     let stopped = registered(&agent_id, now, now + 60_000);
     store.insert_call(&stopped).await.unwrap();
     assert!(store
-        .finish_call(&stopped.call_id, DisconnectionReason::ManualStopped, now, None)
+        .finish_call(
+            &stopped.call_id,
+            DisconnectionReason::ManualStopped,
+            now,
+            None
+        )
         .await
         .unwrap());
     assert_eq!(
-        store.claim_registered_call(&stopped.call_id, now).await.unwrap(),
+        store
+            .claim_registered_call(&stopped.call_id, now)
+            .await
+            .unwrap(),
         Claim::AlreadyClaimed
     );
 
@@ -562,7 +621,10 @@ async fn claim_outcomes(store: &Store) {
     own.registered_until = None;
     store.insert_call(&own).await.unwrap();
     assert_eq!(
-        store.claim_registered_call(&own.call_id, now).await.unwrap(),
+        store
+            .claim_registered_call(&own.call_id, now)
+            .await
+            .unwrap(),
         Claim::AlreadyClaimed
     );
 }
@@ -649,7 +711,12 @@ async fn ongoing_then_finish_is_idempotent(store: &Store) {
     assert_eq!(live.sip_status, Some(200));
 
     assert!(store
-        .finish_call(&call.call_id, DisconnectionReason::UserHangup, now + 3_500, None)
+        .finish_call(
+            &call.call_id,
+            DisconnectionReason::UserHangup,
+            now + 3_500,
+            None
+        )
         .await
         .unwrap());
     assert!(!store
@@ -743,7 +810,9 @@ async fn in_memory_database_works_on_one_connection() {
 
 #[tokio::test]
 async fn bad_urls_are_refused_without_echoing_them() {
-    let err = Store::connect("mysql://user:hunter2@db/x").await.unwrap_err();
+    let err = Store::connect("mysql://user:hunter2@db/x")
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::UnsupportedUrl));
     assert!(!err.to_string().contains("hunter2"));
 }
@@ -754,5 +823,7 @@ fn ids_are_random_hex() {
     let b = new_id("call_");
     assert_ne!(a, b);
     assert_eq!(a.len(), 5 + 32);
-    assert!(a[5..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert!(a[5..]
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
 }
