@@ -392,3 +392,6 @@ async fn serve_answers_and_stops_on_shutdown() {
     assert!(result.is_ok());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+/// The agent and call handlers.
+mod api;

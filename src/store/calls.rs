@@ -22,7 +22,7 @@ const LIVE_STATUSES: &str = "('registered', 'ongoing')";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
     /// This caller owns the call now (the record as claimed).
-    Claimed(Call),
+    Claimed(Box<Call>),
     /// No call has this id.
     Unknown,
     /// Someone claimed it first, or it was stopped or has ended.
@@ -273,7 +273,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = row {
-            return Ok(Claim::Claimed(call_from_row(&row)?));
+            return Ok(Claim::Claimed(Box::new(call_from_row(&row)?)));
         }
         // Lost, or never could win: read the row to say why.
         let Some(row) = sqlx::query(&format!("SELECT {COLUMNS} FROM calls WHERE call_id = $1"))
