@@ -56,7 +56,7 @@ fn judge(expect: Expect, seen: &Observed) -> bool {
 
 fn wait_for(expect: Expect) -> Duration {
     match expect {
-        Codes(_) => Duration::from_secs(4),
+        Codes(_) => Duration::from_secs(3),
         CodesOrNothing(_) | Nothing => Duration::from_millis(1000),
     }
 }
