@@ -8,8 +8,11 @@
 //! The HTTP server ([`http`]) carries the API, health and metrics. Control flows down,
 //! events flow up, and no layer reaches around the one below it.
 
+pub mod agent;
+pub mod call;
 pub mod config;
 pub mod http;
+pub mod media;
 pub mod metrics;
 pub mod server;
 pub mod sip;

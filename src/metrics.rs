@@ -49,3 +49,16 @@ pub fn connections_open(transport: &'static str, delta: f64) {
 pub fn transactions_live(kind: &'static str, delta: f64) {
     gauge!("dialtone_sip_transactions", "kind" => kind).increment(delta);
 }
+
+/// An HTTP request answered, by status class (`2xx`, `4xx`, ...): enough to alert on error
+/// rates without one series per path.
+pub fn http_request(status: u16) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    counter!("dialtone_http_requests_total", "class" => class).increment(1);
+}

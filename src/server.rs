@@ -1,1 +1,157 @@
-//! TODO
+//! Wiring: starts the transports, the SIP endpoint and the HTTP server, and runs the
+//! shutdown sequence.
+//!
+//! Shutdown has two speeds. Graceful (SIGTERM): new transactions get 503, `/healthz`
+//! reports draining, and the process waits for transactions in flight, at most the grace
+//! period, then stops every task and returns. Fast (SIGINT): stop everything now.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::http;
+use crate::metrics;
+use crate::sip::endpoint::{self, Endpoint};
+use crate::sip::transport::{Kind, Transports};
+
+/// Depth of the queue between the transports and the endpoint.
+const INBOUND_QUEUE: usize = 8192;
+
+/// How the process was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Graceful,
+    Fast,
+}
+
+/// A running server, for `main` and for tests that embed it.
+pub struct Running {
+    pub endpoint: Endpoint,
+    pub transports: Transports,
+    pub http_addr: Option<std::net::SocketAddr>,
+    draining_tx: watch::Sender<bool>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+    grace: Duration,
+}
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Transport(#[from] crate::sip::transport::TransportError),
+    #[error("cannot bind HTTP on {addr}: {source}")]
+    HttpBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Binds every listener the configuration asks for and starts serving.
+pub async fn start(settings: &Settings) -> Result<Running, StartError> {
+    let prometheus = metrics::install();
+    let (draining_tx, draining_rx) = watch::channel(false);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+
+    let transports = Transports::start(settings, inbound_tx, shutdown_rx.clone()).await?;
+    let endpoint = Endpoint::new(
+        transports.clone(),
+        &settings.sip.limits,
+        settings.sip.timers,
+        draining_rx.clone(),
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(endpoint.clone().run(inbound_rx, shutdown_rx.clone()));
+    endpoint::log_listening(&transports);
+
+    let mut http_addr = None;
+    if let Some(addr) = settings.http.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::HttpBind { addr, source })?;
+        http_addr = listener.local_addr().ok();
+        let state = http::AppState::new(&settings.api.keys, prometheus, draining_rx);
+        let shutdown = shutdown_rx.clone();
+        tasks.spawn(async move {
+            if let Err(err) = http::serve(listener, state, shutdown).await {
+                warn!(%err, "HTTP server stopped");
+            }
+        });
+        info!(http = %addr, "HTTP listening");
+    }
+    if transports.local_addr(Kind::Udp).is_none()
+        && transports.local_addr(Kind::Tcp).is_none()
+        && transports.local_addr(Kind::Tls).is_none()
+    {
+        warn!("no SIP transport is enabled (sip.udp, sip.tcp and sip.tls are all empty)");
+    }
+    Ok(Running {
+        endpoint,
+        transports,
+        http_addr,
+        draining_tx,
+        shutdown_tx,
+        tasks,
+        grace: settings.shutdown_grace,
+    })
+}
+
+impl Running {
+    /// Stops the server. Graceful: drain in-flight transactions within the grace period.
+    pub async fn stop(mut self, how: Stop) {
+        if how == Stop::Graceful {
+            let _ = self.draining_tx.send(true);
+            let in_flight = self.endpoint.in_flight();
+            info!(
+                in_flight,
+                grace_ms = self.grace.as_millis() as u64,
+                "draining: new transactions get 503"
+            );
+            match tokio::time::timeout(self.grace, self.endpoint.wait_idle()).await {
+                Ok(()) => info!("drained: no transaction in flight"),
+                Err(_) => warn!(
+                    in_flight = self.endpoint.in_flight(),
+                    "grace period over; stopping with transactions in flight"
+                ),
+            }
+        }
+        let _ = self.shutdown_tx.send(true);
+        // Tasks see the shutdown signal and end; give them a moment, then cut them off.
+        let wait = tokio::time::timeout(Duration::from_secs(2), async {
+            while self.tasks.join_next().await.is_some() {}
+        });
+        if wait.await.is_err() {
+            self.tasks.abort_all();
+        }
+        info!(?how, "stopped");
+    }
+}
+
+/// Waits for SIGTERM (graceful) or SIGINT (fast).
+pub async fn wait_for_signal() -> Stop {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => Stop::Graceful,
+                _ = int.recv() => Stop::Fast,
+            },
+            _ => {
+                warn!("cannot install signal handlers; falling back to Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+                Stop::Fast
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        Stop::Fast
+    }
+}

@@ -4,5 +4,7 @@
 pub mod endpoint;
 pub mod framing;
 pub mod message;
+pub mod route;
+pub mod sdp;
 pub mod transaction;
 pub mod transport;

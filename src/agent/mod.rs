@@ -1,0 +1,50 @@
+//! The agent side of a call: the websocket to the user's agent, speaking the Twilio Media
+//! Streams dialect (`../shared/design/AGENT_PROTOCOL.md`).
+//!
+//! The media task talks to the bridge only through [`AgentLink`]'s two channels, so it
+//! knows nothing of websockets, and the bridge knows nothing of RTP.
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::call::model::DisconnectionReason;
+
+/// What the media task sends towards the agent.
+#[derive(Debug)]
+pub enum ToAgent {
+    /// One 20 ms frame of caller audio, already in the agent's `audio_encoding`
+    /// (μ-law bytes, or PCM16 little-endian). The bridge base64-encodes it into a `media`
+    /// message and numbers chunks and timestamps itself.
+    Media(Bytes),
+    /// A key the caller pressed (one per press): `0-9`, `*`, `#`, `A-D`.
+    Dtmf(char),
+    /// All agent audio queued before this mark has been played out (or was cleared):
+    /// echo the mark back to the agent.
+    MarkPlayed(String),
+    /// The call is over: send `stop`, then close the socket with code 1000.
+    Stop,
+}
+
+/// What the agent asked for, or what happened to its socket.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FromAgent {
+    /// Agent audio in its `audio_encoding`, any length.
+    Media(Vec<u8>),
+    /// A mark to echo once the audio sent before it has played out.
+    Mark(String),
+    /// Barge-in: drop queued agent audio and return pending marks at once.
+    Clear,
+    /// Play these RFC 4733 digits to the caller.
+    SendDtmf(String),
+    /// End the call (`hangup` event, or a normal close with code 1000): reason
+    /// `agent_hangup` after playing out queued audio (bounded).
+    Hangup,
+    /// The socket ended abnormally; the call ends with this reason.
+    Failed(DisconnectionReason),
+}
+
+/// The two ends the media task holds.
+pub struct AgentLink {
+    pub to_agent: mpsc::Sender<ToAgent>,
+    pub from_agent: mpsc::Receiver<FromAgent>,
+}

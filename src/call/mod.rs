@@ -1,0 +1,21 @@
+//! Calls: the records they are made of, and (with the call engine) how they live and end.
+
+pub mod model;
+
+/// What the HTTP API may ask of live calls. The call engine implements it; the API holds
+/// it as `Arc<dyn CallControl>` so neither knows the other's insides.
+pub trait CallControl: Send + Sync + 'static {
+    /// Ends a live (dialled) call with `manual_stopped`, sending BYE or a final response.
+    /// Returns false when no live call has this id; the API then settles the record itself.
+    fn stop(&self, call_id: &str) -> bool;
+}
+
+/// A `CallControl` for when no call is live anywhere (tests, and the API before the engine
+/// starts).
+pub struct NoLiveCalls;
+
+impl CallControl for NoLiveCalls {
+    fn stop(&self, _call_id: &str) -> bool {
+        false
+    }
+}

@@ -1,0 +1,329 @@
+//! The records that calls and agents are made of, shared by the store, the HTTP API, the
+//! call engine and the agent bridge. Field names and enumerations follow Retell's API
+//! (`../shared/design/API.md`), so the official SDK reads them unchanged.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `call_status` of the call object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    Registered,
+    NotConnected,
+    Ongoing,
+    Ended,
+    Error,
+}
+
+impl CallStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::Registered => "registered",
+            CallStatus::NotConnected => "not_connected",
+            CallStatus::Ongoing => "ongoing",
+            CallStatus::Ended => "ended",
+            CallStatus::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CallStatus> {
+        Some(match s {
+            "registered" => CallStatus::Registered,
+            "not_connected" => CallStatus::NotConnected,
+            "ongoing" => CallStatus::Ongoing,
+            "ended" => CallStatus::Ended,
+            "error" => CallStatus::Error,
+            _ => return None,
+        })
+    }
+
+    /// Whether the call is over (nothing will change it but update/delete through the API).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            CallStatus::NotConnected | CallStatus::Ended | CallStatus::Error
+        )
+    }
+}
+
+/// `disconnection_reason` of the call object: every way a call can end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectionReason {
+    UserHangup,
+    AgentHangup,
+    CallTransfer,
+    Inactivity,
+    MaxDurationReached,
+    ManualStopped,
+    RegisteredCallTimeout,
+    DialBusy,
+    DialNoAnswer,
+    DialFailed,
+    InvalidDestination,
+    TelephonyProviderPermissionDenied,
+    TelephonyProviderUnavailable,
+    SipRoutingError,
+    UserDeclined,
+    ConcurrencyLimitReached,
+    ErrorLlmWebsocketOpen,
+    ErrorLlmWebsocketLostConnection,
+    ErrorLlmWebsocketRuntime,
+    ErrorLlmWebsocketCorruptPayload,
+    ErrorNoAudioReceived,
+    ErrorUnknown,
+}
+
+impl DisconnectionReason {
+    pub const ALL: [DisconnectionReason; 22] = [
+        DisconnectionReason::UserHangup,
+        DisconnectionReason::AgentHangup,
+        DisconnectionReason::CallTransfer,
+        DisconnectionReason::Inactivity,
+        DisconnectionReason::MaxDurationReached,
+        DisconnectionReason::ManualStopped,
+        DisconnectionReason::RegisteredCallTimeout,
+        DisconnectionReason::DialBusy,
+        DisconnectionReason::DialNoAnswer,
+        DisconnectionReason::DialFailed,
+        DisconnectionReason::InvalidDestination,
+        DisconnectionReason::TelephonyProviderPermissionDenied,
+        DisconnectionReason::TelephonyProviderUnavailable,
+        DisconnectionReason::SipRoutingError,
+        DisconnectionReason::UserDeclined,
+        DisconnectionReason::ConcurrencyLimitReached,
+        DisconnectionReason::ErrorLlmWebsocketOpen,
+        DisconnectionReason::ErrorLlmWebsocketLostConnection,
+        DisconnectionReason::ErrorLlmWebsocketRuntime,
+        DisconnectionReason::ErrorLlmWebsocketCorruptPayload,
+        DisconnectionReason::ErrorNoAudioReceived,
+        DisconnectionReason::ErrorUnknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectionReason::UserHangup => "user_hangup",
+            DisconnectionReason::AgentHangup => "agent_hangup",
+            DisconnectionReason::CallTransfer => "call_transfer",
+            DisconnectionReason::Inactivity => "inactivity",
+            DisconnectionReason::MaxDurationReached => "max_duration_reached",
+            DisconnectionReason::ManualStopped => "manual_stopped",
+            DisconnectionReason::RegisteredCallTimeout => "registered_call_timeout",
+            DisconnectionReason::DialBusy => "dial_busy",
+            DisconnectionReason::DialNoAnswer => "dial_no_answer",
+            DisconnectionReason::DialFailed => "dial_failed",
+            DisconnectionReason::InvalidDestination => "invalid_destination",
+            DisconnectionReason::TelephonyProviderPermissionDenied => {
+                "telephony_provider_permission_denied"
+            }
+            DisconnectionReason::TelephonyProviderUnavailable => "telephony_provider_unavailable",
+            DisconnectionReason::SipRoutingError => "sip_routing_error",
+            DisconnectionReason::UserDeclined => "user_declined",
+            DisconnectionReason::ConcurrencyLimitReached => "concurrency_limit_reached",
+            DisconnectionReason::ErrorLlmWebsocketOpen => "error_llm_websocket_open",
+            DisconnectionReason::ErrorLlmWebsocketLostConnection => {
+                "error_llm_websocket_lost_connection"
+            }
+            DisconnectionReason::ErrorLlmWebsocketRuntime => "error_llm_websocket_runtime",
+            DisconnectionReason::ErrorLlmWebsocketCorruptPayload => {
+                "error_llm_websocket_corrupt_payload"
+            }
+            DisconnectionReason::ErrorNoAudioReceived => "error_no_audio_received",
+            DisconnectionReason::ErrorUnknown => "error_unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DisconnectionReason> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The `call_status` a call ending this way has (API.md's table).
+    pub fn call_status(self) -> CallStatus {
+        use DisconnectionReason::*;
+        match self {
+            UserHangup
+            | AgentHangup
+            | CallTransfer
+            | Inactivity
+            | MaxDurationReached
+            | ManualStopped
+            | RegisteredCallTimeout => CallStatus::Ended,
+            DialBusy
+            | DialNoAnswer
+            | DialFailed
+            | InvalidDestination
+            | TelephonyProviderPermissionDenied
+            | TelephonyProviderUnavailable
+            | SipRoutingError
+            | UserDeclined => CallStatus::NotConnected,
+            ConcurrencyLimitReached
+            | ErrorLlmWebsocketOpen
+            | ErrorLlmWebsocketLostConnection
+            | ErrorLlmWebsocketRuntime
+            | ErrorLlmWebsocketCorruptPayload
+            | ErrorNoAudioReceived
+            | ErrorUnknown => CallStatus::Error,
+        }
+    }
+}
+
+/// `direction` of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    #[default]
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// The agent's audio format on its websocket (AGENT_PROTOCOL.md, "Audio formats").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioEncoding {
+    #[default]
+    #[serde(rename = "mulaw_8000")]
+    Mulaw8000,
+    #[serde(rename = "pcm_16000")]
+    Pcm16000,
+    #[serde(rename = "pcm_24000")]
+    Pcm24000,
+}
+
+impl AudioEncoding {
+    pub fn sample_rate(self) -> u32 {
+        match self {
+            AudioEncoding::Mulaw8000 => 8000,
+            AudioEncoding::Pcm16000 => 16000,
+            AudioEncoding::Pcm24000 => 24000,
+        }
+    }
+
+    /// `mediaFormat.encoding` in the start message.
+    pub fn media_format(self) -> &'static str {
+        match self {
+            AudioEncoding::Mulaw8000 => "audio/x-mulaw",
+            AudioEncoding::Pcm16000 | AudioEncoding::Pcm24000 => "audio/x-l16",
+        }
+    }
+
+    /// Payload bytes in one 20 ms frame.
+    pub fn bytes_per_20ms(self) -> usize {
+        match self {
+            AudioEncoding::Mulaw8000 => 160,
+            AudioEncoding::Pcm16000 => 640,
+            AudioEncoding::Pcm24000 => 960,
+        }
+    }
+}
+
+/// `response_engine` of an agent: where its websocket is and what it speaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseEngine {
+    /// Always `audio-websocket`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
+    #[serde(default)]
+    pub audio_encoding: AudioEncoding,
+    /// Extra headers on the websocket upgrade (e.g. `Authorization`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// An agent: what a call is bridged to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    pub agent_id: String,
+    pub agent_name: Option<String>,
+    pub version: i64,
+    pub response_engine: ResponseEngine,
+    pub webhook_url: Option<String>,
+    /// Hard limit on a call's length.
+    pub max_call_duration_ms: i64,
+    /// End the call after this long with no audio from the caller.
+    pub end_call_after_silence_ms: i64,
+    /// Outbound: how long to let the far end ring.
+    pub ring_duration_ms: i64,
+    pub last_modification_timestamp: i64,
+}
+
+/// A call record: the call object of the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    pub call_id: String,
+    pub call_type: String,
+    pub agent_id: String,
+    pub agent_name: Option<String>,
+    pub agent_version: i64,
+    pub call_status: CallStatus,
+    pub direction: Direction,
+    pub from_number: Option<String>,
+    pub to_number: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub retell_llm_dynamic_variables: Option<BTreeMap<String, String>>,
+    pub custom_sip_headers: Option<BTreeMap<String, String>>,
+    pub start_timestamp: Option<i64>,
+    pub end_timestamp: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub disconnection_reason: Option<DisconnectionReason>,
+    /// The SIP Call-ID of the caller's leg.
+    pub telephony_identifier: Option<serde_json::Value>,
+    pub transfer_destination: Option<String>,
+    /// This server's own: the URI to dial for a registered call.
+    pub sip_uri: Option<String>,
+    /// This server's own: the negotiated codec (`PCMU`, `PCMA`, `G722`).
+    pub codec: Option<String>,
+    /// This server's own: the last SIP status of the call (e.g. 200, 486).
+    pub sip_status: Option<u16>,
+    /// When the registration window closes (Unix ms); registered calls only.
+    pub registered_until: Option<i64>,
+    pub created_timestamp: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_and_map_to_statuses() {
+        for r in DisconnectionReason::ALL {
+            assert_eq!(DisconnectionReason::parse(r.as_str()), Some(r));
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+        }
+        assert_eq!(
+            DisconnectionReason::UserHangup.call_status(),
+            CallStatus::Ended
+        );
+        assert_eq!(
+            DisconnectionReason::DialBusy.call_status(),
+            CallStatus::NotConnected
+        );
+        assert_eq!(
+            DisconnectionReason::ErrorLlmWebsocketOpen.call_status(),
+            CallStatus::Error
+        );
+    }
+
+    #[test]
+    fn encodings_use_retell_names() {
+        assert_eq!(
+            serde_json::to_string(&AudioEncoding::Pcm16000).unwrap(),
+            "\"pcm_16000\""
+        );
+        let e: AudioEncoding = serde_json::from_str("\"mulaw_8000\"").unwrap();
+        assert_eq!(e, AudioEncoding::Mulaw8000);
+        assert_eq!(AudioEncoding::Pcm24000.bytes_per_20ms(), 960);
+    }
+}
