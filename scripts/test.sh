@@ -77,17 +77,25 @@ section "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
 # ---------------------------------------------------------------------------------------
+# From here on a failing step does not stop the others: every result is reported, and the
+# script fails at the end if any step failed.
+failed=()
+
 section "Tests"
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --locked --no-fail-fast
+    cargo nextest run --locked --no-fail-fast || failed+=("tests")
     # nextest does not run doctests.
-    cargo test --locked --doc
+    cargo test --locked --doc || failed+=("doctests")
 else
-    cargo test --locked --no-fail-fast
+    cargo test --locked --no-fail-fast || failed+=("tests")
 fi
 
 # ---------------------------------------------------------------------------------------
 section "Release build"
-scripts/build-release.sh
+scripts/build-release.sh || failed+=("release build")
 
+if [ "${#failed[@]}" -gt 0 ]; then
+    section "FAILED: ${failed[*]}"
+    exit 1
+fi
 section "All checks passed"
