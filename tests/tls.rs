@@ -255,3 +255,25 @@ fn plain_tcp_bytes_on_the_tls_port_do_not_get_sip_answers() {
     let x = exchange(&server, &verify_args(&pki));
     assert_served(&x, "TLS client after a plaintext one");
 }
+
+#[test]
+fn tls_client_outside_the_allowlist_is_not_served() {
+    let pki = Pki::new();
+    let server = Server::builder()
+        .tls()
+        .env("DIALTONE__TLS__CERT", pki.file("server.pem"))
+        .env("DIALTONE__TLS__KEY", pki.file("server.key"))
+        .env("DIALTONE__SIP__ALLOW", "10.0.0.0/8")
+        .start();
+    let x = exchange(&server, &verify_args(&pki));
+    assert_refused(&x, "TLS client from 127.0.0.1 with allow = 10.0.0.0/8");
+    let m = server.metrics();
+    assert!(
+        m.sum(
+            "dialtone_sip_dropped_total",
+            &[("cause", "not_allowed"), ("transport", "TLS")]
+        ) >= 1.0,
+        "TLS refusal counted:\n{}",
+        m.text
+    );
+}
