@@ -29,6 +29,7 @@ use crate::sip::sdp::{self, LocalMedia, Negotiated, Sdp};
 use crate::sip::transport::{Inbound, Kind};
 use crate::store::{Claim, Store};
 
+
 /// What a call task can be told.
 #[derive(Debug)]
 enum CallInput {
@@ -231,7 +232,7 @@ impl Engine {
             None => None,
         };
         let call = match self.inner.store.claim_registered_call(&call.call_id, now_ms()).await {
-            Ok(Claim::Claimed(call)) => call,
+            Ok(Claim::Claimed(call)) => *call,
             Ok(Claim::Unknown) => return reject(&tx, &invite, 404, "Not Found"),
             Ok(Claim::AlreadyClaimed) => return reject(&tx, &invite, 486, "Busy Here (call already answered)"),
             Ok(Claim::Expired) => return reject(&tx, &invite, 404, "Not Found (registration expired)"),
@@ -380,20 +381,30 @@ impl CallSetup {
         ok.body = Bytes::from(body);
         self.tx.respond(ok.clone());
         let answered_at = now_ms();
-        let codec = self.answer.as_ref().map(|a| a.negotiated.codec.encoding_name().to_string());
-        if let Err(err) = engine
+        let codec = self
+            .answer
+            .as_ref()
+            .map(|a| a.negotiated.codec.encoding_name())
+            .unwrap_or("");
+        let telephony_id = self.invite.call_id().map(|c| serde_json::json!({ "sip_call_id": c }));
+        match engine
             .inner
             .store
-            .mark_ongoing(
-                &self.call.call_id,
-                answered_at,
-                codec.as_deref(),
-                self.invite.call_id().map(|c| serde_json::json!({ "sip_call_id": c })),
-                Some(200),
-            )
+            .mark_ongoing(&self.call.call_id, answered_at, codec, telephony_id.as_ref(), Some(200))
             .await
         {
-            warn!(%err, "could not record the answer");
+            Ok(true) => {}
+            // Stopped or ended through the API while it was being set up.
+            Ok(false) => {
+                let _ = link.to_agent.try_send(crate::agent::ToAgent::Stop);
+                let ending = Ending {
+                    reason: DisconnectionReason::ManualStopped,
+                    send_bye: true,
+                };
+                self.end(&engine, ending).await;
+                return;
+            }
+            Err(err) => warn!(%err, "could not record the answer"),
         }
 
         // Wait for the ACK, retransmitting the 2xx over UDP (RFC 3261 §13.3.1.4). The
