@@ -14,6 +14,8 @@ pub mod codec;
 pub mod dtmf;
 pub mod jitter;
 pub mod playout;
+pub mod ports;
 pub mod resample;
 pub mod rtcp;
 pub mod rtp;
+pub mod session;
