@@ -122,18 +122,22 @@ impl PortPool {
         Err(MediaError::PortsExhausted { lo, hi })
     }
 
-    fn bind_pair(&self, port: u16) -> Result<(UdpSocket, UdpSocket), (SocketAddr, io::Error)> {
+    fn bind_pair(&self, port: u16) -> Result<(Half, Half), (SocketAddr, io::Error)> {
         let rtp = self.bind_one(port)?;
         let rtcp = self.bind_one(port.saturating_add(1))?;
         Ok((rtp, rtcp))
     }
 
-    fn bind_one(&self, port: u16) -> Result<UdpSocket, (SocketAddr, io::Error)> {
+    fn bind_one(&self, port: u16) -> Result<Half, (SocketAddr, io::Error)> {
         let addr = SocketAddr::new(self.bind_ip, port);
         let wrap = |e| (addr, e);
         let sock = StdUdpSocket::bind(addr).map_err(wrap)?;
         sock.set_nonblocking(true).map_err(wrap)?;
-        UdpSocket::from_std(sock).map_err(wrap)
+        let tx = sock.try_clone().map_err(wrap)?;
+        Ok(Half {
+            rx: UdpSocket::from_std(sock).map_err(wrap)?,
+            tx,
+        })
     }
 }
 
@@ -151,11 +155,22 @@ impl Drop for Lease {
     }
 }
 
+/// One bound port: the tokio socket we receive on, and a duplicate handle of the same
+/// non-blocking socket we send on. Sending straight through the handle skips tokio's
+/// readiness tracking, which reports "would block" until the reactor has seen the
+/// socket's first writable event; a UDP send only blocks when the kernel buffer is full,
+/// and then the packet is better dropped than waited for.
+#[derive(Debug)]
+struct Half {
+    rx: UdpSocket,
+    tx: StdUdpSocket,
+}
+
 /// A call's bound RTP/RTCP pair. Dropping it closes both and frees the ports.
 #[derive(Debug)]
 pub struct RtpSocket {
-    rtp: UdpSocket,
-    rtcp: UdpSocket,
+    rtp: Half,
+    rtcp: Half,
     // Must stay the last field: fields drop in declaration order.
     lease: Lease,
 }
@@ -174,15 +189,28 @@ impl RtpSocket {
     /// The RTP socket's local address (the bind IP, which may be unspecified: SDP should
     /// advertise `media.public_ip` or the interface address instead).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.rtp.local_addr()
+        self.rtp.rx.local_addr()
     }
 
+    /// The RTP socket, to receive on.
     pub fn rtp(&self) -> &UdpSocket {
-        &self.rtp
+        &self.rtp.rx
     }
 
+    /// The RTCP socket, to receive on.
     pub fn rtcp(&self) -> &UdpSocket {
-        &self.rtcp
+        &self.rtcp.rx
+    }
+
+    /// Sends a datagram from the RTP port without waiting (`WouldBlock` when the socket
+    /// buffer is full: drop the packet).
+    pub fn send_rtp(&self, buf: &[u8], dest: SocketAddr) -> io::Result<usize> {
+        self.rtp.tx.send_to(buf, dest)
+    }
+
+    /// Sends a datagram from the RTCP port without waiting.
+    pub fn send_rtcp(&self, buf: &[u8], dest: SocketAddr) -> io::Result<usize> {
+        self.rtcp.tx.send_to(buf, dest)
     }
 }
 

@@ -676,8 +676,13 @@ pub struct OutboundPath {
     playout: Playout,
     dtmf: DtmfSender,
     packet: Box<[u8]>,
-    /// Sequence, timestamp and due time of the last frame polled.
+    /// Sequence (playout numbering), timestamp and due time of the last frame polled.
     last: Option<(u16, u32, Instant)>,
+    /// Frames withheld (hold) so far: they take no sequence numbers on the wire, so the
+    /// far end sees no loss, only a timestamp jump.
+    seq_skew: u16,
+    /// The next packet sent follows withheld frames: set the marker (new talk-spurt).
+    resume_marker: bool,
     packets: u64,
     octets: u64,
 }
@@ -711,6 +716,8 @@ impl OutboundPath {
             packet: vec![0; FIXED_HEADER_LEN + params.codec.payload_len(MAX_PTIME)]
                 .into_boxed_slice(),
             last: None,
+            seq_skew: 0,
+            resume_marker: false,
             packets: 0,
             octets: 0,
         }
@@ -898,14 +905,18 @@ impl OutboundPath {
             None => None,
         };
         if !send {
+            self.seq_skew = self.seq_skew.wrapping_add(1);
+            self.resume_marker = true;
             return Polled::Withheld;
         }
+        let sequence = frame.sequence.wrapping_sub(self.seq_skew);
+        let resumed = std::mem::take(&mut self.resume_marker);
         let (header, payload_len) = match event {
             Some((pt, ev)) => {
                 let header = RtpHeader {
-                    marker: ev.marker,
+                    marker: ev.marker || resumed,
                     payload_type: pt,
-                    sequence: frame.sequence,
+                    sequence,
                     timestamp: ev.timestamp,
                     ssrc: self.ssrc,
                 };
@@ -915,9 +926,9 @@ impl OutboundPath {
             }
             None => {
                 let header = RtpHeader {
-                    marker: frame.marker,
+                    marker: frame.marker || resumed,
                     payload_type: self.params.payload_type,
-                    sequence: frame.sequence,
+                    sequence,
                     timestamp: frame.timestamp,
                     ssrc: self.ssrc,
                 };
@@ -1143,7 +1154,7 @@ impl Core {
     }
 
     /// Hands a message to the agent without waiting.
-    fn to_agent(&mut self, msg: ToAgent) {
+    fn tell_agent(&mut self, msg: ToAgent) {
         match self.to_agent.try_send(msg) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -1192,7 +1203,7 @@ impl Core {
             self.inbound.tick();
             while let Some((frame, arrival)) = self.inbound.pop_frame() {
                 self.stats.frames_to_agent += 1;
-                self.to_agent(ToAgent::Media(frame));
+                self.tell_agent(ToAgent::Media(frame));
                 if let Some(at) = arrival {
                     let waited = Instant::now().saturating_duration_since(at);
                     self.meters.rtp_to_agent.record(waited.as_secs_f64());
@@ -1209,7 +1220,7 @@ impl Core {
                 Polled::Withheld => {}
                 Polled::Packet(p) => {
                     let Some(dest) = dest else { continue };
-                    match socket.rtp().try_send_to(p, dest) {
+                    match socket.send_rtp(p, dest) {
                         Ok(_) => {
                             self.stats.packets_out += 1;
                             self.meters.packets_out.increment(1);
@@ -1224,7 +1235,7 @@ impl Core {
             }
         }
         while let Some(name) = self.outbound.poll_mark() {
-            self.to_agent(ToAgent::MarkPlayed(name));
+            self.tell_agent(ToAgent::MarkPlayed(name));
         }
 
         if self.rtcp_timer.on_timeout(now, rand::random()) {
@@ -1267,7 +1278,7 @@ impl Core {
         let params = StreamParams::from_negotiated(&n);
         self.inbound.reconfigure(params);
         for name in self.outbound.reconfigure(params) {
-            self.to_agent(ToAgent::MarkPlayed(name));
+            self.tell_agent(ToAgent::MarkPlayed(name));
         }
         tracing::debug!(
             codec = ?n.codec, pt = n.payload_type, direction = ?n.direction,
@@ -1292,7 +1303,7 @@ impl Core {
             Some(FromAgent::Media(bytes)) => self.outbound.push_agent(&bytes),
             Some(FromAgent::Mark(name)) => {
                 if let Some(name) = self.outbound.mark(name) {
-                    self.to_agent(ToAgent::MarkPlayed(name));
+                    self.tell_agent(ToAgent::MarkPlayed(name));
                 }
             }
             // The marks it releases are echoed by the timer step, which runs next.
@@ -1340,7 +1351,7 @@ impl Core {
                 self.meters.packets_in.increment(1);
                 if let Received::Dtmf(digit) = received {
                     self.stats.dtmf_in += 1;
-                    self.to_agent(ToAgent::Dtmf(digit));
+                    self.tell_agent(ToAgent::Dtmf(digit));
                 }
             }
             Err(cause) => self.dropped(cause),
@@ -1411,8 +1422,12 @@ impl Core {
             return;
         }
         let len = w.len();
-        let sock = if muxed { socket.rtp() } else { socket.rtcp() };
-        match sock.try_send_to(&buf[..len], dest) {
+        let sent = if muxed {
+            socket.send_rtp(&buf[..len], dest)
+        } else {
+            socket.send_rtcp(&buf[..len], dest)
+        };
+        match sent {
             Ok(_) => self.stats.rtcp_out += 1,
             Err(e) => tracing::trace!(%dest, error = %e, "RTCP send failed"),
         }
