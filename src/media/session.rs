@@ -35,9 +35,13 @@
 //!   frame on the agent receives exactly one frame per 20 ms (silence while the caller's
 //!   stream is interrupted by DTMF, silence suppression or hold), so its timeline
 //!   (`media.timestamp`) stays steady.
-//! - **Hold.** While our direction is not sendrecv or the caller holds us, we send no RTP
-//!   (the playout clock still runs, so seq/timestamps stay continuous on resume) and the
-//!   no-audio and inactivity timeouts are suspended; they restart from the resume.
+//! - **Hold.** While our direction does not allow sending or the caller holds us, we send
+//!   no RTP. The playout clock keeps running (agent audio still plays out "into the void"
+//!   and its marks are echoed), withheld frames take no sequence numbers, and the first
+//!   packet after the hold carries the marker and a timestamp advanced by the hold's
+//!   length, as after any silence. While the call is not two-way (our direction is not
+//!   sendrecv, or the caller holds us) the no-audio and inactivity timeouts are suspended;
+//!   they count again from the resume. Hold never hangs up.
 //! - **Back-pressure.** Everything towards the agent is `try_send`: a full channel drops
 //!   the message and counts it (`agent_backpressure`); a closed one ends the call.
 //!
@@ -1238,7 +1242,8 @@ impl Core {
             self.tell_agent(ToAgent::MarkPlayed(name));
         }
 
-        if self.rtcp_timer.on_timeout(now, rand::random()) {
+        if now >= self.rtcp_timer.poll_timeout() && self.rtcp_timer.on_timeout(now, rand::random())
+        {
             self.send_rtcp(now, socket, false);
         }
         if self.agent_lost {
@@ -1366,7 +1371,8 @@ impl Core {
             return self.dropped(DropCause::Malformed);
         };
         self.stats.rtcp_in += 1;
-        if self.rtcp_latched.is_none() {
+        // Latch RTCP only once RTP is latched, so the source IP was checked above.
+        if self.rtcp_latched.is_none() && self.latched.is_some() {
             self.rtcp_latched = Some((src, muxed));
         }
         for packet in compound {

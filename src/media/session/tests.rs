@@ -940,6 +940,13 @@ async fn reinvite_switches_codec_keeping_our_stream_continuous() {
 
 // ---- sans-IO paths ----
 
+#[test]
+fn drop_causes_index_their_metric_handles() {
+    for (i, cause) in DropCause::ALL.iter().enumerate() {
+        assert_eq!(*cause as usize, i);
+    }
+}
+
 fn params(codec: CodecKind) -> StreamParams {
     StreamParams::new(codec, codec.payload_type(), Some(TE), 20)
 }
