@@ -15,9 +15,9 @@ use std::sync::Arc;
 use crate::call::engine::{Engine, EngineSettings};
 use crate::config::Settings;
 use crate::http;
+use crate::media::ports::PortPool;
 use crate::metrics;
 use crate::sip::endpoint::{self, Endpoint};
-use crate::media::ports::PortPool;
 use crate::sip::transport::{Kind, Transports};
 use crate::store::{self, Store, StoreError};
 

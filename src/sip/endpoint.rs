@@ -76,7 +76,11 @@ impl ServerTxHandle {
     /// Sends a response through the transaction (which retransmits it as the RFC says).
     /// A response after the transaction ended is dropped: its peer has gone.
     pub fn respond(&self, resp: Response) {
-        if self.input.try_send(TxInput::Respond(Box::new(resp))).is_err() {
+        if self
+            .input
+            .try_send(TxInput::Respond(Box::new(resp)))
+            .is_err()
+        {
             debug!("response for an ended or flooded transaction dropped");
         }
     }
@@ -610,8 +614,12 @@ fn answerable(req: &Request) -> bool {
 fn framing_answer(cause: crate::sip::framing::FrameError) -> (u16, &'static str) {
     match cause {
         crate::sip::framing::FrameError::TooLarge => (513, "Message Too Large"),
-        crate::sip::framing::FrameError::BadContentLength => (400, "Bad Request (bad_content_length)"),
-        crate::sip::framing::FrameError::ConflictingContentLength => (400, "Bad Request (conflicting_content_length)"),
+        crate::sip::framing::FrameError::BadContentLength => {
+            (400, "Bad Request (bad_content_length)")
+        }
+        crate::sip::framing::FrameError::ConflictingContentLength => {
+            (400, "Bad Request (conflicting_content_length)")
+        }
     }
 }
 

@@ -838,7 +838,9 @@ fn lex(buf: &[u8], max_headers: usize) -> Option<Lexed> {
             }
         };
         if crlf && bare_lf {
-            fail(format!("bare LF in header line {line_no} of a CRLF message"));
+            fail(format!(
+                "bare LF in header line {line_no} of a CRLF message"
+            ));
             if line.is_empty() {
                 lexed.body_start = Some(next);
                 break;
