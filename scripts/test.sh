@@ -28,6 +28,9 @@ declare -A provides=(
     [openssl]=openssl
     [pkg-config]=pkg-config
     [cc]=build-essential
+    [baresip]=baresip
+    [tcpdump]=tcpdump
+    [python3]=python3
 )
 missing=()
 for bin in "${!provides[@]}"; do
@@ -47,6 +50,33 @@ else
     apt-get install -y -qq --no-install-recommends "${missing[@]}" ca-certificates
 fi
 echo "sipp: $(sipp -v 2>&1 | grep -o 'SIPp v[^ ]*' | head -1)"
+
+# ---------------------------------------------------------------------------------------
+section "Python packages"
+# The official retell-sdk drives the API test; versions are pinned in the requirements files.
+for req in tests/sdk/requirements.txt tests/e2e/requirements.txt; do
+    [ -f "$req" ] || continue
+    if python3 - "$req" <<'PY'
+import sys, importlib.metadata as md
+ok = True
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if not line:
+        continue
+    name, _, version = line.partition("==")
+    try:
+        if version and md.version(name) != version:
+            ok = False
+    except md.PackageNotFoundError:
+        ok = False
+sys.exit(0 if ok else 1)
+PY
+    then
+        echo "$req: satisfied"
+    else
+        python3 -m pip install --quiet --disable-pip-version-check -r "$req"
+    fi
+done
 echo "openssl: $(openssl version)"
 
 # ---------------------------------------------------------------------------------------
