@@ -37,6 +37,8 @@ for bin in "${!provides[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("${provides[$bin]}")
 done
 [ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+# The PostgreSQL server (not just the client) for the store's Postgres tests.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "all needed tools present; skipping apt-get"
 elif [ "${SKIP_APT:-0}" = 1 ]; then
@@ -110,6 +112,13 @@ cargo clippy --all-targets --locked -- -D warnings
 # From here on a failing step does not stop the others: every result is reported, and the
 # script fails at the end if any step failed.
 failed=()
+
+section "PostgreSQL for the store tests"
+# The store runs the same code on SQLite and Postgres; the Postgres half needs a server.
+pg_url=$(scripts/pg-test-db.sh)
+export DIALTONE_TEST_POSTGRES_URL="$pg_url" DIALTONE_REQUIRE_POSTGRES=1
+trap 'scripts/pg-test-db.sh stop "$pg_url" || true' EXIT
+echo "postgres: $pg_url"
 
 section "Tests"
 if cargo nextest --version >/dev/null 2>&1; then
