@@ -467,9 +467,10 @@ pub fn challenges(response: &Response) -> Vec<Challenge> {
 }
 
 /// One challenge per (header kind, realm): the strongest algorithm we support, and among
-/// equally strong ones the first listed. RFC 8760 §2.4 asks a UAC to use the topmost
-/// challenge it supports "unless a local policy dictates otherwise"; ours is to never pick
-/// MD5 when SHA-256 is offered for the same realm. Realms keep their first-seen order.
+/// equally strong ones the first listed (servers list them in their order of preference,
+/// RFC 7616 §3.7, RFC 8760 §2.4). Ranking strength before server order is a deliberate
+/// local policy: MD5 is never used for a realm that also offers SHA-256, so a downgrade
+/// needs the server's cooperation. Realms keep their first-seen order.
 pub fn select(challenges: &[Challenge]) -> Vec<&Challenge> {
     let mut chosen: Vec<&Challenge> = Vec::new();
     for c in challenges {

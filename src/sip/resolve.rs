@@ -751,7 +751,12 @@ mod tests {
         fn send<T: Send>(_: T) {}
         let dest = destination("sip:example.com").unwrap();
         send(resolve(&dest));
-        send(resolve_with(&Fake::default(), &dest, |_| 0, RESOLVE_TIMEOUT));
+        send(resolve_with(
+            &Fake::default(),
+            &dest,
+            |_| 0,
+            RESOLVE_TIMEOUT,
+        ));
     }
 
     /// The only test against the real resolver; `localhost` never leaves the machine.
