@@ -103,7 +103,10 @@ impl Store {
     ) -> Result<Page<PhoneNumber>, StoreError> {
         let mut sql = Sql::new(&format!("SELECT {COLUMNS} FROM phone_numbers"));
         if let Some(key) = pagination_key {
-            let cursor = self.get_number(key).await?.ok_or(StoreError::UnknownCursor)?;
+            let cursor = self
+                .get_number(key)
+                .await?
+                .ok_or(StoreError::UnknownCursor)?;
             let ts = sql.bind(Bind::Int(cursor.created_timestamp));
             let id = sql.bind(Bind::Text(cursor.phone_number));
             let cmp = sort_order.after();

@@ -842,7 +842,10 @@ fn ids_are_random_hex() {
 
 /// A random NANP-looking E.164 number, so parallel Postgres cases never collide.
 fn random_number() -> String {
-    format!("+1{}", 2_000_000_000 + rand::random::<u64>() % 7_000_000_000)
+    format!(
+        "+1{}",
+        2_000_000_000 + rand::random::<u64>() % 7_000_000_000
+    )
 }
 
 fn number(phone_number: &str, created: i64) -> PhoneNumber {
@@ -938,7 +941,10 @@ async fn number_crud(store: &Store) {
         .unwrap();
     assert_eq!(missing, None);
 
-    assert!(store.delete_number(&n[1..]).await.unwrap(), "deleted without the +");
+    assert!(
+        store.delete_number(&n[1..]).await.unwrap(),
+        "deleted without the +"
+    );
     assert!(!store.delete_number(&n).await.unwrap());
     assert_eq!(store.get_number(&n).await.unwrap(), None);
 }
@@ -961,11 +967,22 @@ async fn number_lookups_ignore_the_plus(store: &Store) {
             "{spelling:?}"
         );
     }
-    assert_eq!(store.get_number(digits).await.unwrap().unwrap().phone_number, n);
+    assert_eq!(
+        store
+            .get_number(digits)
+            .await
+            .unwrap()
+            .unwrap()
+            .phone_number,
+        n
+    );
     assert_eq!(store.find_number_for_inbound("").await.unwrap(), None);
     assert_eq!(store.find_number_for_inbound(";x").await.unwrap(), None);
     assert_eq!(
-        store.find_number_for_inbound(&random_number()).await.unwrap(),
+        store
+            .find_number_for_inbound(&random_number())
+            .await
+            .unwrap(),
         None
     );
 
@@ -1012,7 +1029,10 @@ async fn number_listing_pages(store: &Store) {
     let base = 4_000_000_000_000 + rand::random::<u32>() as i64 * 10;
     let numbers: Vec<String> = (0..5).map(|_| random_number()).collect();
     for (i, n) in numbers.iter().enumerate() {
-        store.create_number(&number(n, base + i as i64)).await.unwrap();
+        store
+            .create_number(&number(n, base + i as i64))
+            .await
+            .unwrap();
     }
     let mut seen = Vec::new();
     let mut key: Option<String> = None;
