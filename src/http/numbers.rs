@@ -208,6 +208,12 @@ fn check_termination_uri(raw: &str) -> Result<(String, Option<Transport>), ApiEr
     }
     let dest = crate::sip::route::destination(&with_scheme)
         .map_err(|e| bad(format!("termination_uri is not usable: {e}")))?;
+    // `u16::from_str` takes a leading '+', so `tel:+1` would pass as host "tel", port 1.
+    if !port_is_digits(after_scheme) {
+        return Err(bad(
+            "termination_uri has a port that is not a number".to_owned()
+        ));
+    }
     let host_ok = dest.host.parse::<std::net::IpAddr>().is_ok() || is_hostname(&dest.host);
     if !host_ok {
         return Err(bad(format!(
@@ -219,6 +225,24 @@ fn check_termination_uri(raw: &str) -> Result<(String, Option<Transport>), ApiEr
         .transport_explicit
         .then(|| Transport::from_kind(dest.kind));
     Ok((uri.to_owned(), explicit))
+}
+
+/// Whether the port of `rest` (a SIP URI after its scheme), if any, is plain digits.
+fn port_is_digits(rest: &str) -> bool {
+    // As in `sip::route`: headers off, then the user part (which may hold ';'), then
+    // parameters.
+    let rest = rest.split('?').next().unwrap_or_default();
+    let hostpart = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+    let hostport = hostpart.split(';').next().unwrap_or_default();
+    let after_host = match hostport.strip_prefix('[') {
+        Some(v6) => v6
+            .split_once(']')
+            .map(|(_, after)| after)
+            .unwrap_or_default(),
+        None => hostport.split_once(':').map(|(_, p)| p).unwrap_or_default(),
+    };
+    let port = after_host.strip_prefix(':').unwrap_or(after_host);
+    port.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A DNS name: dot-separated labels of letters, digits and inner hyphens.
@@ -765,6 +789,10 @@ mod tests {
             ("sips:trunk.example.com", Some(Transport::Tls)),
             ("SIP:[2001:db8::1]:5060", None),
             ("sip:+14155550100@trunk.example.com", None),
+            (
+                "sip:a;b=c@trunk.example.com:5060;transport=tcp",
+                Some(Transport::Tcp),
+            ),
         ] {
             let (kept, t) = check_termination_uri(uri).unwrap_or_else(|e| panic!("{uri}: {e}"));
             assert_eq!(kept, uri);
@@ -774,6 +802,9 @@ mod tests {
             "",
             " ",
             "tel:+14155550100",
+            "tel:+1",
+            "trunk.example.com:+5060",
+            "[2001:db8::1]:+5060",
             "http://trunk.example.com",
             "trunk.example.com:99999",
             "trunk.example.com;transport=sctp",
