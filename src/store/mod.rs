@@ -1,5 +1,5 @@
-//! Durable state: agents, imported phone numbers and call records, in SQLite (one node) or PostgreSQL (several
-//! nodes sharing one database), through one set of queries.
+//! Durable state: agents, imported phone numbers and call records, in SQLite (one node)
+//! or PostgreSQL (several nodes sharing one database), through one set of queries.
 //!
 //! Both backends run the same SQL through `sqlx::Any`: placeholders are written `$1`, `$2`,
 //! … (PostgreSQL's syntax, which SQLite also accepts), columns are TEXT or BIGINT, JSON is

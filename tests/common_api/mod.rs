@@ -34,6 +34,7 @@ fn free_udp() -> SocketAddr {
 
 impl Server {
     /// Starts the binary and waits until `/healthz` answers 200.
+    #[allow(dead_code)] // not every test binary uses it
     pub fn start() -> Server {
         Server::start_with(None)
     }
