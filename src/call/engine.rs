@@ -326,13 +326,15 @@ impl Engine {
         let setup = CallSetup {
             invite,
             tx,
-            dialog,
-            local,
-            answer,
             offer_sent: None,
-            call,
             socket: Some(socket),
-            kind: from.kind,
+            live: Live {
+                dialog,
+                local,
+                answer,
+                call,
+                kind: from.kind,
+            },
         };
         setup.run(self.clone(), input_rx).await;
         drop(registration);
@@ -434,19 +436,24 @@ impl Engine {
     }
 }
 
-/// One call from INVITE to its end.
+/// One answered call's state, whichever side dialled: what the connected phase needs.
+struct Live {
+    dialog: Dialog,
+    local: LocalMedia,
+    /// The current answer, when the far end made the offer (renegotiations update it).
+    answer: Option<sdp::Answer>,
+    call: Call,
+    kind: Kind,
+}
+
+/// One inbound call from INVITE to its end.
 struct CallSetup {
     invite: Request,
     tx: ServerTxHandle,
-    dialog: Dialog,
-    local: LocalMedia,
-    /// Our answer, when the INVITE carried an offer.
-    answer: Option<sdp::Answer>,
     /// Our offer in the 200, when the INVITE carried none (the answer comes in the ACK).
     offer_sent: Option<Sdp>,
-    call: Call,
     socket: Option<crate::media::ports::RtpSocket>,
-    kind: Kind,
+    live: Live,
 }
 
 impl CallSetup {
@@ -455,7 +462,7 @@ impl CallSetup {
             &self.invite,
             status,
             reason,
-            Some(&self.dialog.key.local_tag),
+            Some(&self.live.dialog.key.local_tag),
         );
         if status > 100 && status < 300 {
             resp.headers.push("Contact", contact);
@@ -464,18 +471,18 @@ impl CallSetup {
     }
 
     async fn run(mut self, engine: Engine, mut inputs: mpsc::Receiver<CallInput>) {
-        let contact = engine.inner.endpoint.contact(self.kind);
+        let contact = engine.inner.endpoint.contact(self.live.kind);
         self.tx.respond(self.response(180, "Ringing", &contact));
 
-        let agent = match engine.inner.store.get_agent(&self.call.agent_id).await {
+        let agent = match engine.inner.store.get_agent(&self.live.call.agent_id).await {
             Ok(Some(agent)) => agent,
             Ok(None) | Err(_) => {
-                warn!(agent_id = %self.call.agent_id, "agent of a registered call is gone");
+                warn!(agent_id = %self.live.call.agent_id, "agent of a registered call is gone");
                 self.tx
                     .respond(self.response(480, "Temporarily Unavailable (no agent)", &contact));
                 engine
                     .finish(
-                        &self.call.call_id,
+                        &self.live.call.call_id,
                         DisconnectionReason::ErrorLlmWebsocketOpen,
                         Some(480),
                     )
@@ -495,13 +502,13 @@ impl CallSetup {
         let link = tokio::select! {
             link = bridge::connect(&config, start) => link,
             _ = self.tx.cancelled() => {
-                engine.finish(&self.call.call_id, DisconnectionReason::UserHangup, Some(487)).await;
+                engine.finish(&self.live.call.call_id, DisconnectionReason::UserHangup, Some(487)).await;
                 return;
             }
             stop = wait_for_stop(&mut inputs) => {
                 if stop {
                     self.tx.respond(self.response(480, "Temporarily Unavailable (stopped)", &contact));
-                    engine.finish(&self.call.call_id, DisconnectionReason::ManualStopped, Some(480)).await;
+                    engine.finish(&self.live.call.call_id, DisconnectionReason::ManualStopped, Some(480)).await;
                 }
                 return;
             }
@@ -517,7 +524,7 @@ impl CallSetup {
                 ));
                 engine
                     .finish(
-                        &self.call.call_id,
+                        &self.live.call.call_id,
                         DisconnectionReason::ErrorLlmWebsocketOpen,
                         Some(480),
                     )
@@ -527,10 +534,10 @@ impl CallSetup {
         };
 
         // Answer.
-        let body = match &self.answer {
+        let body = match &self.live.answer {
             Some(answer) => answer.sdp.to_string(),
             None => {
-                let offer = sdp::offer(&self.local);
+                let offer = sdp::offer(&self.live.local);
                 let text = offer.to_string();
                 self.offer_sent = Some(offer);
                 text
@@ -543,6 +550,7 @@ impl CallSetup {
         self.tx.respond(ok.clone());
         let answered_at = now_ms();
         let codec = self
+            .live
             .answer
             .as_ref()
             .map(|a| a.negotiated.codec.encoding_name())
@@ -555,7 +563,7 @@ impl CallSetup {
             .inner
             .store
             .mark_ongoing(
-                &self.call.call_id,
+                &self.live.call.call_id,
                 answered_at,
                 codec,
                 telephony_id.as_ref(),
@@ -571,7 +579,7 @@ impl CallSetup {
                     reason: DisconnectionReason::ManualStopped,
                     send_bye: true,
                 };
-                self.end(&engine, ending).await;
+                self.live.end(&engine, ending).await;
                 return;
             }
             Err(err) => warn!(%err, "could not record the answer"),
@@ -583,7 +591,7 @@ impl CallSetup {
             Ok(negotiated) => negotiated,
             Err(ending) => {
                 let _ = link.to_agent.try_send(crate::agent::ToAgent::Stop);
-                self.end(&engine, ending).await;
+                self.live.end(&engine, ending).await;
                 return;
             }
         };
@@ -602,24 +610,25 @@ impl CallSetup {
                 ),
                 hangup_drain_cap: engine.inner.settings.calls.hangup_drain,
                 ssrc: rand::random(),
-                cname: format!("dialtone-{}", self.call.call_id),
+                cname: format!("dialtone-{}", self.live.call.call_id),
             },
             link,
         );
         let max_duration = Duration::from_millis(agent.max_call_duration_ms.max(1000) as u64);
         let ending = self
+            .live
             .connected(&engine, &mut inputs, media, max_duration)
             .await;
-        self.end(&engine, ending).await;
+        self.live.end(&engine, ending).await;
     }
 
     fn start_info(&self, agent: &Agent) -> StartInfo {
         let mut params = BTreeMap::new();
-        params.insert("call_id".to_string(), self.call.call_id.clone());
+        params.insert("call_id".to_string(), self.live.call.call_id.clone());
         params.insert("agent_id".to_string(), agent.agent_id.clone());
         params.insert(
             "direction".to_string(),
-            self.call.direction.as_str().to_string(),
+            self.live.call.direction.as_str().to_string(),
         );
         let from_user = self
             .invite
@@ -628,16 +637,16 @@ impl CallSetup {
             .and_then(|f| message::NameAddr::parse(f).ok())
             .and_then(|f| message::SipUri::parse(&f.uri))
             .and_then(|u| u.user);
-        if let Some(from) = self.call.from_number.clone().or(from_user) {
+        if let Some(from) = self.live.call.from_number.clone().or(from_user) {
             params.insert("from_number".to_string(), from);
         }
-        if let Some(to) = &self.call.to_number {
+        if let Some(to) = &self.live.call.to_number {
             params.insert("to_number".to_string(), to.clone());
         }
-        if let Some(metadata) = &self.call.metadata {
+        if let Some(metadata) = &self.live.call.metadata {
             params.insert("metadata".to_string(), metadata.to_string());
         }
-        if let Some(vars) = &self.call.retell_llm_dynamic_variables {
+        if let Some(vars) = &self.live.call.retell_llm_dynamic_variables {
             for (k, v) in vars {
                 params.insert(k.clone(), v.clone());
             }
@@ -648,7 +657,7 @@ impl CallSetup {
             }
         }
         StartInfo {
-            call_id: self.call.call_id.clone(),
+            call_id: self.live.call.call_id.clone(),
             stream_sid: String::new(),
             account_sid: String::new(),
             custom_parameters: params,
@@ -664,7 +673,7 @@ impl CallSetup {
         ok: Response,
     ) -> Result<Negotiated, Ending> {
         let timers = engine.inner.settings.timers;
-        let reliable = self.kind.is_reliable();
+        let reliable = self.live.kind.is_reliable();
         let give_up = tokio::time::Instant::now() + timers.t1 * 64;
         let mut interval = timers.t1;
         let mut next = tokio::time::Instant::now() + interval;
@@ -705,7 +714,7 @@ impl CallSetup {
     /// The negotiated media once the ACK is in: our answer's, or the one the ACK's answer
     /// to our offer gives.
     fn media_after_ack(&mut self, ack: &Request) -> Result<Negotiated, Ending> {
-        if let Some(answer) = &self.answer {
+        if let Some(answer) = &self.live.answer {
             return Ok(answer.negotiated.clone());
         }
         let fail = Ending {
@@ -727,7 +736,9 @@ impl CallSetup {
             fail
         })
     }
+}
 
+impl Live {
     /// The connected call: media runs in its own task; this waits for whatever ends it.
     async fn connected(
         &mut self,
