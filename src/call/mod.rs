@@ -10,6 +10,12 @@ pub trait CallControl: Send + Sync + 'static {
     /// Ends a live (dialled) call with `manual_stopped`, sending BYE or a final response.
     /// Returns false when no live call has this id; the API then settles the record itself.
     fn stop(&self, call_id: &str) -> bool;
+
+    /// Dials an outbound call through `number`'s trunk. The record is already stored; the
+    /// engine settles it. Returns false when nothing can dial (the API then fails the call).
+    fn dial(&self, _call: model::Call, _number: number::PhoneNumber) -> bool {
+        false
+    }
 }
 
 /// A `CallControl` for when no call is live anywhere (tests, and the API before the engine

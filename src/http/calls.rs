@@ -485,3 +485,141 @@ pub async fn stop(
         None => Err(not_found(&call_id)),
     }
 }
+
+/// The body of `POST /v2/create-phone-call`.
+#[derive(Debug, Deserialize)]
+pub struct CreatePhoneCall {
+    from_number: String,
+    to_number: String,
+    #[serde(default)]
+    override_agent_id: Option<String>,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default)]
+    retell_llm_dynamic_variables: Option<BTreeMap<String, String>>,
+    /// Extra SIP headers on the INVITE; `X-` headers only.
+    #[serde(default)]
+    custom_sip_headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    ignore_e164_validation: Option<bool>,
+}
+
+/// `POST /v2/create-phone-call` → 201 with the call (`registered` until the trunk answers):
+/// dials `to_number` through the trunk of the imported `from_number`.
+pub async fn create_phone_call(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreatePhoneCall>,
+) -> Result<Response, ApiError> {
+    check_size("metadata", body.metadata.as_ref())?;
+    check_size(
+        "retell_llm_dynamic_variables",
+        body.retell_llm_dynamic_variables.as_ref(),
+    )?;
+    let ignore_e164 = body.ignore_e164_validation.unwrap_or(false);
+    if !ignore_e164 && !crate::call::number::is_e164(&body.to_number) {
+        return Err(ApiError::bad_field(
+            "to_number",
+            format!(
+                "'{}' is not an E.164 number (+ then digits)",
+                body.to_number
+            ),
+        ));
+    }
+    if ignore_e164 && !crate::call::number::is_pseudo_number(&body.to_number) {
+        return Err(ApiError::bad_field(
+            "to_number",
+            "to_number has characters a SIP user part cannot hold",
+        ));
+    }
+    let mut headers = BTreeMap::new();
+    for (name, value) in body.custom_sip_headers.unwrap_or_default() {
+        let token = name.len() > 2
+            && name[..2].eq_ignore_ascii_case("x-")
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !token {
+            return Err(ApiError::bad_field(
+                "custom_sip_headers",
+                format!("'{name}' is not an X- header name"),
+            ));
+        }
+        if value.chars().any(char::is_control) || value.len() > 1024 {
+            return Err(ApiError::bad_field(
+                "custom_sip_headers",
+                format!("the value of {name} has control characters or is too long"),
+            ));
+        }
+        headers.insert(name, value);
+    }
+    let number = state
+        .store()
+        .get_number(&body.from_number)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "from_number {} is not an imported number",
+                body.from_number
+            ))
+        })?;
+    let agent_id = match body.override_agent_id {
+        Some(id) => id,
+        None => crate::call::number::pick_agent(&number.outbound_agents, rand::random::<f64>())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ApiError::bad_field(
+                    "override_agent_id",
+                    format!(
+                        "{} has no outbound agent; give override_agent_id",
+                        number.phone_number
+                    ),
+                )
+            })?,
+    };
+    let agent = state
+        .store()
+        .get_agent(&agent_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("agent {agent_id} not found")))?;
+    let now = now_ms();
+    let call = Call {
+        call_id: new_id("call_"),
+        call_type: "phone_call".to_owned(),
+        agent_id: agent.agent_id,
+        agent_name: agent.agent_name,
+        agent_version: agent.version,
+        call_status: CallStatus::Registered,
+        direction: Direction::Outbound,
+        from_number: Some(number.phone_number.clone()),
+        to_number: Some(body.to_number),
+        metadata: body.metadata.filter(|m| !m.is_null()),
+        retell_llm_dynamic_variables: body.retell_llm_dynamic_variables,
+        custom_sip_headers: (!headers.is_empty()).then_some(headers),
+        start_timestamp: None,
+        end_timestamp: None,
+        duration_ms: None,
+        disconnection_reason: None,
+        telephony_identifier: None,
+        transfer_destination: None,
+        sip_uri: None,
+        codec: None,
+        sip_status: None,
+        registered_until: None,
+        created_timestamp: now,
+    };
+    state.store().insert_call(&call).await?;
+    if !state.calls.dial(call.clone(), number) {
+        state
+            .store()
+            .finish_call(
+                &call.call_id,
+                DisconnectionReason::DialFailed,
+                now_ms(),
+                None,
+            )
+            .await?;
+        return Err(ApiError::internal(
+            "no call engine is running to dial the call",
+        ));
+    }
+    tracing::info!(call_id = %call.call_id, agent_id = %call.agent_id, "outbound call created");
+    Ok((StatusCode::CREATED, Json(call)).into_response())
+}

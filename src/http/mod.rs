@@ -123,6 +123,7 @@ fn api_routes() -> Router<AppState> {
         .route("/update-agent/{agent_id}", patch(agents::update))
         .route("/delete-agent/{agent_id}", delete(agents::remove))
         .route("/v2/register-phone-call", post(calls::register_phone_call))
+        .route("/v2/create-phone-call", post(calls::create_phone_call))
         .route("/v2/get-call/{call_id}", get(calls::retrieve))
         .route("/v3/list-calls", post(calls::list))
         .route("/v2/update-call/{call_id}", patch(calls::update))

@@ -101,6 +101,64 @@ impl Dialog {
         })
     }
 
+    /// The dialog a 2xx to our own INVITE establishes (RFC 3261 §12.1.2): our From and its
+    /// tag, the answerer's To with its tag, its Contact as the remote target, and the
+    /// Record-Route set in reverse.
+    pub fn from_response(
+        invite: &Request,
+        resp: &crate::sip::message::Response,
+        flow: Target,
+    ) -> Result<Dialog, DialogError> {
+        let call_id = invite.call_id().ok_or(DialogError::CallId)?.to_string();
+        let local_tag = invite.from_tag().ok_or(DialogError::FromTag)?;
+        let from = invite.headers.get("From").ok_or(DialogError::FromTag)?;
+        let local = from.replace(&format!(";tag={local_tag}"), "");
+        let remote = resp.headers.get("To").ok_or(DialogError::To)?.to_string();
+        let contact = resp
+            .headers
+            .get("Contact")
+            .and_then(|c| NameAddr::parse(c).ok())
+            .ok_or(DialogError::Contact)?;
+        let mut route_set: Vec<String> = resp
+            .headers
+            .get_all("Record-Route")
+            .into_iter()
+            .map(|r| r.trim().to_string())
+            .collect();
+        route_set.reverse();
+        let local_cseq = invite.cseq().ok_or(DialogError::CSeq)?.seq;
+        Ok(Dialog {
+            key: DialogKey { call_id, local_tag },
+            local,
+            remote,
+            remote_target: contact.uri,
+            route_set,
+            local_cseq,
+            remote_cseq: 0,
+            flow,
+        })
+    }
+
+    /// The ACK of a 2xx to our INVITE (RFC 3261 §13.2.2.4): the INVITE's CSeq number, sent
+    /// to the remote target; the endpoint adds a fresh Via.
+    pub fn ack(&self, invite_cseq: u32) -> Request {
+        let mut headers = Headers::default();
+        for route in &self.route_set {
+            headers.push("Route", route.as_str());
+        }
+        headers.push("From", format!("{};tag={}", self.local, self.key.local_tag));
+        headers.push("To", self.remote.as_str());
+        headers.push("Call-ID", self.key.call_id.as_str());
+        headers.push("CSeq", format!("{invite_cseq} ACK"));
+        headers.push("Max-Forwards", "70");
+        Request {
+            method: Method::Ack,
+            uri: self.remote_target.clone(),
+            headers,
+            body: Bytes::new(),
+        }
+    }
+
     /// A new request inside the dialog (BYE, re-INVITE, INFO, ...), without Via: the
     /// endpoint adds its own when it sends.
     pub fn request(

@@ -382,6 +382,16 @@ impl Endpoint {
         }
     }
 
+    /// The transports, for callers that must know what is enabled.
+    pub fn transports(&self) -> Transports {
+        self.inner.transports.clone()
+    }
+
+    /// The host put in Via and Contact.
+    pub fn public_host(&self) -> &str {
+        &self.inner.public_host
+    }
+
     /// Our Via for a request sent over `kind`, with a fresh branch.
     pub fn via(&self, kind: Kind) -> (String, String) {
         let branch = format!(
@@ -524,6 +534,17 @@ impl Endpoint {
             lock(&self.inner.client_txs).remove(&key);
         }
         result
+    }
+
+    /// Sends the ACK of a 2xx: outside any transaction (RFC 3261 §17.1.1.3), with a fresh
+    /// Via. The TU resends it for each 2xx retransmission.
+    pub async fn send_ack(&self, mut ack: Request, target: Target) {
+        let (via, _) = self.via(target.kind);
+        Self::stamp_request(&mut ack, via);
+        metrics::message_out(target.kind.as_str(), "ACK");
+        if let Err(err) = self.inner.transports.send(target, ack.to_bytes()).await {
+            debug!(%err, "ACK not sent");
+        }
     }
 
     /// Sends an INVITE in a client INVITE transaction (RFC 3261 §17.1.1 with RFC 6026).
