@@ -46,7 +46,17 @@ impl Server {
         Server::start_with(Some(rust_log))
     }
 
+    /// Like [`Server::start`], with extra `DIALTONE__…` environment overrides.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn start_env(env: &[(&str, &str)]) -> Server {
+        Server::start_full(None, env)
+    }
+
     fn start_with(rust_log: Option<&str>) -> Server {
+        Server::start_full(rust_log, &[])
+    }
+
+    fn start_full(rust_log: Option<&str>, extra: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let log_path = rust_log.map(|_| dir.path().join("server.log"));
         let db_path = dir.path().join("data").join("t.db");
@@ -67,6 +77,7 @@ impl Server {
                 )
                 .env("DIALTONE__API__KEYS", &key)
                 .env("RUST_LOG", rust_log.unwrap_or("warn"))
+                .envs(extra.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(match &log_path {
                     Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),

@@ -1,0 +1,268 @@
+//! Outbound calls through an imported number's trunk, with SIPp as the trunk (UAS):
+//! digest authentication, stop-call sending BYE, and final failures mapped to their
+//! `disconnection_reason`s; a trunk that never answers ends as `dial_failed` (Timer B).
+
+mod common_api;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common_api::Server;
+use serde_json::{json, Value};
+
+/// One HTTP/1.1 request with the server's key; returns status and JSON body (or Null).
+fn api(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut stream = TcpStream::connect(server.http).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        server.key,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    let status: u16 = out[9..12].parse().unwrap();
+    let json = out
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A SIPp trunk running `scenario` on a free UDP port; killed on drop.
+struct Trunk {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Trunk {
+    /// `keys` replace `[name]` in the scenario before SIPp reads it (SIPp checks status
+    /// codes when it loads a scenario, so they cannot be `-key` parameters).
+    fn start(scenario: &str, keys: &[(&str, &str)]) -> Trunk {
+        let port = free_udp_port();
+        let dir = tempfile::tempdir().unwrap();
+        let source = format!("{}/tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
+        let mut text = std::fs::read_to_string(source).unwrap();
+        for (k, v) in keys {
+            text = text.replace(&format!("[{k}]"), v);
+        }
+        let path = dir.path().join(scenario);
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = Command::new("sipp");
+        cmd.arg("-sf")
+            .arg(&path)
+            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"])
+            .args(["-mp", &free_udp_port().to_string()])
+            .args(["-nostdin", "-timeout", "30"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().expect("sipp (apt-get install sip-tester)");
+        // Give SIPp a moment to bind its port.
+        std::thread::sleep(Duration::from_millis(300));
+        Trunk {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// SIPp's exit status: 0 when every scenario step happened.
+    fn wait(mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        -1
+    }
+}
+
+impl Drop for Trunk {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Imports `number` with its trunk at `termination` (UDP), bound to the echo agent.
+fn import(server: &Server, number: &str, termination: &str, auth: bool) {
+    let mut body = json!({
+        "phone_number": number,
+        "termination_uri": termination,
+        "transport": "UDP",
+        "outbound_agent_id": "echo",
+    });
+    if auth {
+        body["sip_trunk_auth_username"] = json!("trunkuser");
+        body["sip_trunk_auth_password"] = json!("trunkpass");
+    }
+    let (status, reply) = api(server, "POST", "/import-phone-number", Some(body));
+    assert_eq!(status, 201, "{reply}");
+}
+
+fn dial(server: &Server, from: &str) -> String {
+    let (status, call) = api(
+        server,
+        "POST",
+        "/v2/create-phone-call",
+        Some(json!({"from_number": from, "to_number": "+14155550199",
+                    "custom_sip_headers": {"X-Campaign": "spring"}})),
+    );
+    assert_eq!(status, 201, "{call}");
+    assert_eq!(call["direction"], "outbound");
+    call["call_id"].as_str().unwrap().to_owned()
+}
+
+/// Polls the call until `done` holds (bounded); returns the last call object.
+fn wait_call(server: &Server, call_id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, call) = api(server, "GET", &format!("/v2/get-call/{call_id}"), None);
+        if done(&call) || Instant::now() > deadline {
+            return call;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn trunk_challenge_is_answered_and_stop_call_sends_bye() {
+    let server = Server::start();
+    let trunk = Trunk::start("trunk_auth.xml", &[]);
+    import(
+        &server,
+        "+14155550111",
+        &format!("127.0.0.1:{}", trunk.port),
+        true,
+    );
+    let call_id = dial(&server, "+14155550111");
+    let call = wait_call(&server, &call_id, |c| c["call_status"] != "registered");
+    assert_eq!(call["call_status"], "ongoing", "{call}");
+    assert_eq!(call["codec"], "PCMU", "{call}");
+    let (status, _) = api(&server, "POST", &format!("/v2/stop-call/{call_id}"), None);
+    assert_eq!(status, 204);
+    let call = wait_call(&server, &call_id, |c| c["call_status"] == "ended");
+    assert_eq!(call["disconnection_reason"], "manual_stopped", "{call}");
+    assert!(call["end_timestamp"].as_i64() >= call["start_timestamp"].as_i64());
+    // SIPp exits 0 only if its digest check passed (else it answers 403 and the call never
+    // connects) and it received our BYE.
+    assert_eq!(trunk.wait(), 0, "the trunk scenario did not complete");
+}
+
+#[test]
+fn wrong_credentials_end_as_permission_denied() {
+    let server = Server::start();
+    let trunk = Trunk::start("trunk_auth.xml", &[]);
+    // Same trunk, wrong password: the second INVITE fails verifyauth and gets 403.
+    let body = json!({
+        "phone_number": "+14155550112",
+        "termination_uri": format!("127.0.0.1:{}", trunk.port),
+        "transport": "UDP",
+        "outbound_agent_id": "echo",
+        "sip_trunk_auth_username": "trunkuser",
+        "sip_trunk_auth_password": "not-the-password",
+    });
+    assert_eq!(
+        api(&server, "POST", "/import-phone-number", Some(body)).0,
+        201
+    );
+    let call_id = dial(&server, "+14155550112");
+    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    assert_eq!(
+        call["disconnection_reason"], "telephony_provider_permission_denied",
+        "{call}"
+    );
+}
+
+#[test]
+fn final_failures_map_to_their_reasons() {
+    let server = Server::start();
+    let cases = [
+        ("486", "dial_busy"),
+        ("603", "user_declined"),
+        ("404", "invalid_destination"),
+        ("503", "telephony_provider_unavailable"),
+        ("480", "dial_no_answer"),
+    ];
+    for (i, (status, reason)) in cases.iter().enumerate() {
+        let trunk = Trunk::start("trunk_reject.xml", &[("status", status)]);
+        let number = format!("+1415555020{i}");
+        import(
+            &server,
+            &number,
+            &format!("127.0.0.1:{}", trunk.port),
+            false,
+        );
+        let call_id = dial(&server, &number);
+        let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+        assert_eq!(
+            call["disconnection_reason"], *reason,
+            "status {status}: {call}"
+        );
+        assert_eq!(call["sip_status"].as_u64(), status.parse().ok(), "{call}");
+        assert_eq!(
+            trunk.wait(),
+            0,
+            "status {status}: the trunk never got its ACK"
+        );
+    }
+}
+
+#[test]
+fn trunk_that_never_answers_ends_as_dial_failed() {
+    // T1 = 50 ms makes Timer B (64*T1) fire after 3.2 s.
+    let server = Server::start_env(&[("DIALTONE__SIP__T1_MS", "50")]);
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = silent.local_addr().unwrap();
+    import(&server, "+14155550113", &addr.to_string(), false);
+    let call_id = dial(&server, "+14155550113");
+    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    assert_eq!(call["disconnection_reason"], "dial_failed", "{call}");
+    // The INVITE was really sent (and retransmitted by Timer A).
+    let mut buf = [0u8; 4096];
+    silent
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let n = silent.recv(&mut buf).unwrap();
+    let invite = String::from_utf8_lossy(&buf[..n]);
+    assert!(invite.starts_with("INVITE sip:+14155550199@"), "{invite}");
+    assert!(invite.contains("X-Campaign: spring"), "{invite}");
+}
+
+#[test]
+fn unknown_caller_id_is_an_api_error() {
+    let server = Server::start();
+    let (status, body) = api(
+        &server,
+        "POST",
+        "/v2/create-phone-call",
+        Some(json!({"from_number": "+14155550999", "to_number": "+14155550199"})),
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = api(
+        &server,
+        "POST",
+        "/v2/create-phone-call",
+        Some(json!({"from_number": "+14155550999", "to_number": "not-e164"})),
+    );
+    assert_eq!(status, 400, "{body}");
+}
