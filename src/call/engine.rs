@@ -366,6 +366,7 @@ impl Engine {
                 dialog,
                 local,
                 answer,
+                pending_offer: None,
                 call,
                 kind: from.kind,
             },
@@ -678,6 +679,7 @@ impl Engine {
             dialog,
             local,
             answer: None,
+            pending_offer: None,
             call,
             kind,
         };
@@ -812,6 +814,8 @@ struct Live {
     local: LocalMedia,
     /// The current answer, when the far end made the offer (renegotiations update it).
     answer: Option<sdp::Answer>,
+    /// Our offer in the 200 to a re-INVITE without SDP: the ACK carries the answer.
+    pending_offer: Option<Sdp>,
     call: Call,
     kind: Kind,
 }
@@ -958,6 +962,19 @@ impl CallSetup {
         // Wait for the ACK, retransmitting the 2xx over UDP (RFC 3261 §13.3.1.4). The
         // caller may hang up before it comes.
         let negotiated = match self.wait_for_ack(&engine, &mut inputs, ok).await {
+            Ok(negotiated) if codec.is_empty() => {
+                // Our offer went in the 200: the ACK's answer settled the codec.
+                let name = negotiated.codec.encoding_name();
+                if let Err(err) = engine
+                    .inner
+                    .store
+                    .set_codec(&self.live.call.call_id, name)
+                    .await
+                {
+                    warn!(%err, "could not record the codec");
+                }
+                negotiated
+            }
             Ok(negotiated) => negotiated,
             Err(ending) => {
                 let _ = link.to_agent.try_send(crate::agent::ToAgent::Stop);
@@ -1073,7 +1090,9 @@ impl CallSetup {
                     interval = (interval * 2).min(timers.t2);
                     next = tokio::time::Instant::now() + interval;
                 }
-                _ = tokio::time::sleep_until(give_up), if reliable => {
+                // Its own branch, so giving up does not wait for the next resend (which
+                // may be up to T2 away).
+                _ = tokio::time::sleep_until(give_up) => {
                     warn!("no ACK for our 200 within 64*T1; ending the call");
                     return Err(Ending { reason: DisconnectionReason::ErrorUnknown, send_bye: true });
                 }
@@ -1140,7 +1159,7 @@ impl Live {
                         self.stop_media(&mut media).await;
                         return Ending { reason: DisconnectionReason::ManualStopped, send_bye: true };
                     }
-                    Some(CallInput::Ack(_)) => {}
+                    Some(CallInput::Ack(ack)) => self.answer_in_ack(&ack, &media, engine).await,
                     Some(CallInput::Request(req, tx)) => {
                         if let Some(cseq) = req.cseq() {
                             if !self.dialog.accept_remote_cseq(cseq.seq) {
@@ -1179,8 +1198,10 @@ impl Live {
         ok.headers.push("Allow", ALLOW);
         if req.body.is_empty() {
             ok.headers.push("Content-Type", "application/sdp");
-            ok.body = Bytes::from(sdp::offer(&self.local).to_string());
+            let offer = sdp::offer(&self.local);
+            ok.body = Bytes::from(offer.to_string());
             tx.respond(ok);
+            self.pending_offer = Some(offer);
             return;
         }
         let answer = Sdp::parse(&req.body)
@@ -1207,6 +1228,38 @@ impl Live {
                 resp.headers
                     .push("Warning", "304 dialtone \"offer not acceptable\"");
                 tx.respond(resp);
+            }
+        }
+    }
+
+    /// The ACK of a re-INVITE we answered with an offer carries the answer: apply it.
+    async fn answer_in_ack(&mut self, ack: &Request, media: &MediaHandle, engine: &Engine) {
+        let Some(offer) = self.pending_offer.take() else {
+            return;
+        };
+        let negotiated = Sdp::parse(&ack.body)
+            .map_err(|e| e.to_string())
+            .and_then(|answer| sdp::accept_answer(&offer, &answer).map_err(|e| e.to_string()));
+        match negotiated {
+            Ok(negotiated) => {
+                info!(
+                    hold = negotiated.remote_hold,
+                    codec = negotiated.codec.encoding_name(),
+                    "media renegotiated (answer in ACK)"
+                );
+                let codec = negotiated.codec.encoding_name();
+                if let Err(err) = engine
+                    .inner
+                    .store
+                    .set_codec(&self.call.call_id, codec)
+                    .await
+                {
+                    warn!(%err, "could not record the codec");
+                }
+                let _ = media.commands.try_send(MediaCommand::Update(negotiated));
+            }
+            Err(err) => {
+                warn!(%err, "the answer in the ACK does not fit our offer; media unchanged")
             }
         }
     }

@@ -321,6 +321,17 @@ impl Store {
         Ok(result.rows_affected() > 0)
     }
 
+    /// Records the codec once it is known: for a call answered with our offer, only the
+    /// answer in the ACK (or a renegotiation) settles it.
+    pub async fn set_codec(&self, call_id: &str, codec: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query("UPDATE calls SET codec = $2 WHERE call_id = $1")
+            .bind(call_id)
+            .bind(codec)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
     /// Ends a call: status from `reason`, `end_timestamp`, `duration_ms` (from the start,
     /// or 0 if it never started). Idempotent: the first reason a call ends for is kept and
     /// later calls change nothing; returns whether this call did.
