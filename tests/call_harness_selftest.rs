@@ -1,0 +1,173 @@
+//! Checks the end-to-end harness itself, without dialtone: the committed pcaps parse back
+//! and decode (with the crate's codecs) to the tone they should carry, the detector
+//! rejects what is not the tone, and each SIPp UAC scenario completes a call against a
+//! SIPp UAS that echoes RTP (`-rtp_echo`), with the tone found in the captured echo. When
+//! a `call_*` test fails, this one tells whether the harness or the server is at fault.
+
+mod common_call;
+
+use std::time::Duration;
+
+use common_call::audio::{decode_rtp, find_tone, HIGH_TONE_HZ, TONE_HZ};
+use common_call::capture::Capture;
+use common_call::flow::split_rtp;
+use common_call::pcap::{read_udp, Rtp};
+use common_call::sipp;
+use dialtone::media::codec::CodecKind;
+
+fn pcap_rtp(name: &str) -> (Vec<f64>, Vec<Rtp>) {
+    let path = common_call::e2e_dir().join("pcap").join(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let udp = read_udp(&bytes).unwrap();
+    let times = udp.iter().map(|p| p.time).collect();
+    let rtp = udp
+        .iter()
+        .map(|p| Rtp::parse(&p.payload).expect("every packet is RTP"))
+        .collect();
+    (times, rtp)
+}
+
+#[test]
+fn pcaps_parse_back_and_carry_the_tone() {
+    for (name, kind) in [
+        ("pcmu.pcap", CodecKind::Pcmu),
+        ("pcma.pcap", CodecKind::Pcma),
+        ("g722.pcap", CodecKind::G722),
+    ] {
+        let (times, rtp) = pcap_rtp(name);
+        assert_eq!(rtp.len(), 250, "{name}: 5 s of 20 ms packets");
+        assert!(rtp[0].marker, "{name}: marker on the first packet");
+        for (i, w) in rtp.windows(2).enumerate() {
+            assert_eq!(w[1].pt, kind.payload_type(), "{name}");
+            assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "{name}: seq");
+            assert_eq!(
+                w[1].timestamp,
+                w[0].timestamp.wrapping_add(160),
+                "{name}: ts"
+            );
+            assert_eq!(w[1].ssrc, w[0].ssrc, "{name}: ssrc");
+            assert_eq!(w[1].payload.len(), 160, "{name}: 20 ms payload");
+            let dt = times[i + 1] - times[i];
+            assert!((dt - 0.020).abs() < 1e-6, "{name}: 20 ms pacing, got {dt}");
+        }
+        let pcm = decode_rtp(kind, &rtp);
+        let rate = kind.sample_rate();
+        assert_eq!(pcm.len(), 250 * kind.pcm_samples(20), "{name}");
+        let tone = find_tone(&pcm, rate, TONE_HZ, 0.5, 300.0);
+        // The G.722 decoder needs a few frames to adapt.
+        assert!(
+            tone.tone_frames >= 245,
+            "{name}: 1 kHz in every frame: {tone:?}"
+        );
+        let wrong = find_tone(&pcm, rate, 700.0, 0.05, 300.0);
+        assert_eq!(
+            wrong.tone_frames, 0,
+            "{name}: the detector must reject 700 Hz: {wrong:?}"
+        );
+        let high = find_tone(&pcm, rate, HIGH_TONE_HZ, 0.03, 300.0);
+        if kind == CodecKind::G722 {
+            assert!(high.tone_frames >= 245, "{name}: 5 kHz present: {high:?}");
+        } else {
+            assert_eq!(
+                high.tone_frames, 0,
+                "{name}: nothing at 5 kHz in narrowband"
+            );
+        }
+    }
+}
+
+/// SIPp UAC scenario against a SIPp UAS echoing RTP: the call completes and the tone
+/// comes back in the capture.
+async fn scenario_against_echo_uas(scenario: &str, pt: u8, kind: CodecKind) {
+    common_call::require_tool("sipp");
+    let dir = tempfile::tempdir().unwrap();
+    let uas_port = common_call::free_udp_port();
+    let uas_media = common_call::free_port_block(4);
+    let mut uas = tokio::process::Command::new("sipp")
+        .arg("-sf")
+        .arg(sipp::scenario("uas_echo.xml"))
+        .args(["-i", "127.0.0.1", "-p", &uas_port.to_string()])
+        .args([
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &uas_media.to_string(),
+            "-rtp_echo",
+        ])
+        .args(["-key", "pt", &pt.to_string()])
+        .args(["-m", "1", "-nostdin", "-timeout", "40s", "-timeout_error"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start sipp uas");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let media_port = common_call::free_port_block(4);
+    let capture = Capture::start(
+        dir.path(),
+        "selftest",
+        &format!("udp and port {media_port}"),
+    )
+    .await;
+    let run = sipp::run_uac(sipp::Uac {
+        scenario,
+        target: ([127, 0, 0, 1], uas_port).into(),
+        service: "selftest",
+        dir: dir.path(),
+        media_port,
+        timeout: Duration::from_secs(30),
+        extra: vec![],
+    })
+    .await;
+    let packets = capture.stop().await;
+    assert!(run.ok(), "{scenario}:\n{}", run.describe());
+    let uas_status = tokio::time::timeout(Duration::from_secs(10), uas.wait())
+        .await
+        .expect("the UAS ends after its one call")
+        .unwrap();
+    assert!(uas_status.success(), "the SIPp UAS saw a failed call");
+    assert_eq!(
+        run.received_status_codes(),
+        vec![180, 200, 200],
+        "{}",
+        run.describe()
+    );
+
+    let (sent, back) = split_rtp(&packets, media_port);
+    assert!(
+        sent.len() >= 245,
+        "{scenario}: SIPp played {} packets",
+        sent.len()
+    );
+    let back: Vec<Rtp> = back.into_iter().map(|(_, r)| r).collect();
+    assert!(
+        back.len() >= 245,
+        "{scenario}: echo returned {} packets",
+        back.len()
+    );
+    let pcm = decode_rtp(kind, &back);
+    let tone = find_tone(&pcm, kind.sample_rate(), TONE_HZ, 0.5, 300.0);
+    assert!(tone.tone_seconds() >= 4.5, "{scenario}: {tone:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pcmu_scenario_runs_against_an_echoing_sipp() {
+    scenario_against_echo_uas("uac_pcap_pcmu.xml", 0, CodecKind::Pcmu).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pcma_scenario_runs_against_an_echoing_sipp() {
+    scenario_against_echo_uas("uac_pcap_pcma.xml", 8, CodecKind::Pcma).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g722_scenario_runs_against_an_echoing_sipp() {
+    scenario_against_echo_uas("uac_pcap_g722.xml", 9, CodecKind::G722).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preference_scenario_runs_against_an_echoing_sipp() {
+    scenario_against_echo_uas("uac_pcap_prefer_pcma.xml", 8, CodecKind::Pcma).await;
+}
