@@ -8,12 +8,17 @@ mod common_call;
 
 use std::time::Duration;
 
+use common_call::agent::{Mode, TestAgent};
 use common_call::audio::{decode_rtp, find_tone, HIGH_TONE_HZ, TONE_HZ};
+use common_call::baresip::{write_wav, Baresip};
 use common_call::capture::Capture;
 use common_call::flow::split_rtp;
+use common_call::pcap::telephone_event;
 use common_call::pcap::{read_udp, Rtp};
+use common_call::sip::{sdp_audio_payload_types, Uac};
 use common_call::sipp;
 use dialtone::media::codec::CodecKind;
+use serde_json::json;
 
 fn pcap_rtp(name: &str) -> (Vec<f64>, Vec<Rtp>) {
     let path = common_call::e2e_dir().join("pcap").join(name);
@@ -78,12 +83,12 @@ fn pcaps_parse_back_and_carry_the_tone() {
 
 /// SIPp UAC scenario against a SIPp UAS echoing RTP: the call completes and the tone
 /// comes back in the capture.
-async fn scenario_against_echo_uas(scenario: &str, pt: u8, kind: CodecKind) {
+/// A SIPp UAS answering one call with payload type `pt` and echoing RTP.
+fn start_echo_uas(pt: u8) -> (tokio::process::Child, u16) {
     common_call::require_tool("sipp");
-    let dir = tempfile::tempdir().unwrap();
     let uas_port = common_call::free_udp_port();
     let uas_media = common_call::free_port_block(4);
-    let mut uas = tokio::process::Command::new("sipp")
+    let uas = tokio::process::Command::new("sipp")
         .arg("-sf")
         .arg(sipp::scenario("uas_echo.xml"))
         .args(["-i", "127.0.0.1", "-p", &uas_port.to_string()])
@@ -102,6 +107,12 @@ async fn scenario_against_echo_uas(scenario: &str, pt: u8, kind: CodecKind) {
         .kill_on_drop(true)
         .spawn()
         .expect("start sipp uas");
+    (uas, uas_port)
+}
+
+async fn scenario_against_echo_uas(scenario: &str, pt: u8, kind: CodecKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut uas, uas_port) = start_echo_uas(pt);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let media_port = common_call::free_port_block(4);
@@ -170,4 +181,152 @@ async fn g722_scenario_runs_against_an_echoing_sipp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preference_scenario_runs_against_an_echoing_sipp() {
     scenario_against_echo_uas("uac_pcap_prefer_pcma.xml", 8, CodecKind::Pcma).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_uac_completes_a_call_against_sipp() {
+    let (mut uas, uas_port) = start_echo_uas(0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut uac = Uac::new(([127, 0, 0, 1], uas_port).into()).await;
+    let sent = uac.send_invite("selftest", &[0, 8]).await;
+    let outcome = uac.await_final(sent, Duration::from_secs(10)).await;
+    assert_eq!(outcome.provisional, vec![180]);
+    assert_eq!(outcome.final_status(), Some(200));
+    let ok = outcome.final_response.unwrap();
+    assert_eq!(sdp_audio_payload_types(&ok.body), vec![0, 101]);
+    uac.ack(&ok).await;
+    uac.send_silence(ok.sdp_media_addr().unwrap(), 10).await;
+    assert_eq!(uac.bye(&ok, Duration::from_secs(5)).await, Some(200));
+    let status = tokio::time::timeout(Duration::from_secs(10), uas.wait())
+        .await
+        .expect("the UAS ends after its one call")
+        .unwrap();
+    assert!(status.success(), "the SIPp UAS saw a failed call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_dials_g722_and_sends_rfc4733_digits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut uas, uas_port) = start_echo_uas(9);
+    let wav = dir.path().join("tone.wav");
+    let tone: Vec<i16> = (0..16_000 * 10)
+        .map(|i| (8000.0 * (2.0 * std::f64::consts::PI * 1000.0 * i as f64 / 16000.0).sin()) as i16)
+        .collect();
+    write_wav(&wav, 16_000, &tone);
+    let mut ua = Baresip::start(&dir.path().join("baresip"), &["g722"], &wav).await;
+    let capture = Capture::start(
+        dir.path(),
+        "baresip",
+        &format!("udp and portrange {}-{}", ua.rtp_ports.0, ua.rtp_ports.1),
+    )
+    .await;
+    let resp = ua
+        .command("dial", &format!("sip:selftest@127.0.0.1:{uas_port}"))
+        .await;
+    assert_eq!(resp["ok"], true, "{resp}");
+    assert!(
+        ua.wait_event("CALL_ESTABLISHED", Duration::from_secs(10))
+            .await
+            .is_some(),
+        "{:?}",
+        ua.events
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for d in ["1", "2", "#"] {
+        assert_eq!(ua.command("sndcode", d).await["ok"], true);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    ua.command("hangup", "").await;
+    assert!(ua
+        .wait_event("CALL_CLOSED", Duration::from_secs(5))
+        .await
+        .is_some());
+    let packets = capture.stop().await;
+    let sent: Vec<Rtp> = packets
+        .iter()
+        .filter(|p| (ua.rtp_ports.0..=ua.rtp_ports.1).contains(&p.src.port()))
+        .filter_map(|p| Rtp::parse(&p.payload))
+        .collect();
+    assert!(
+        sent.iter().filter(|r| r.pt == 9).count() > 50,
+        "G.722 audio sent"
+    );
+    // One event per press: count the distinct (event, RTP timestamp) pairs.
+    let mut presses: Vec<(u8, u32)> = sent
+        .iter()
+        .filter(|r| r.pt == 101)
+        .filter_map(|r| telephone_event(&r.payload).map(|e| (e.0, r.timestamp)))
+        .collect();
+    presses.dedup();
+    let digits: Vec<u8> = presses.iter().map(|p| p.0).collect();
+    assert_eq!(digits, vec![1, 2, 11], "RFC 4733 events for 1, 2, #");
+    let status = tokio::time::timeout(Duration::from_secs(10), uas.wait())
+        .await
+        .expect("the UAS ends after its one call")
+        .unwrap();
+    assert!(status.success(), "the SIPp UAS saw a failed call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_agent_records_and_echoes_and_refuses() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let agent = TestAgent::start(Mode::Echo).await;
+    let tcp = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(agent.url(), tcp)
+        .await
+        .unwrap();
+    let msgs = [
+        json!({"event":"connected","protocol":"Call","version":"1.0.0"}),
+        json!({"event":"start","sequenceNumber":"1","streamSid":"MZ1","start":{"streamSid":"MZ1","callSid":"c1"}}),
+        json!({"event":"media","sequenceNumber":"2","streamSid":"MZ1","media":{"track":"inbound","chunk":"1","timestamp":"0","payload":"AAEC"}}),
+        json!({"event":"dtmf","sequenceNumber":"3","streamSid":"MZ1","dtmf":{"track":"inbound_track","digit":"7"}}),
+        json!({"event":"stop","sequenceNumber":"4","streamSid":"MZ1"}),
+    ];
+    for m in &msgs {
+        ws.send(Message::text(m.to_string())).await.unwrap();
+    }
+    let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let echoed: serde_json::Value = serde_json::from_str(echoed.to_text().unwrap()).unwrap();
+    assert_eq!(
+        echoed,
+        json!({"event":"media","streamSid":"MZ1","media":{"payload":"AAEC"}})
+    );
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    })))
+    .await
+    .unwrap();
+    let conns = agent
+        .wait_until(Duration::from_secs(5), |c| c.len() == 1 && c[0].finished)
+        .await;
+    assert_eq!(conns.len(), 1);
+    let c = &conns[0];
+    assert_eq!(
+        c.event_names(),
+        vec!["connected", "start", "media", "dtmf", "stop"]
+    );
+    assert_eq!(c.digits(), "7");
+    assert_eq!(c.media_payloads(), vec![vec![0u8, 1, 2]]);
+    assert_eq!(c.close_code, Some(1000));
+    assert_eq!(c.path, "/ws");
+
+    let refusing = TestAgent::start(Mode::Refuse(403)).await;
+    let tcp = tokio::net::TcpStream::connect(refusing.addr).await.unwrap();
+    let err = tokio_tungstenite::client_async(refusing.url(), tcp)
+        .await
+        .expect_err("the refusing agent must refuse");
+    assert!(err.to_string().contains("403"), "{err}");
+    let conns = refusing
+        .wait_until(Duration::from_secs(5), |c| c.len() == 1 && c[0].finished)
+        .await;
+    assert!(conns[0].refused);
 }

@@ -19,6 +19,8 @@ pub struct Baresip {
     buf: Vec<u8>,
     pub dir: PathBuf,
     pub sip_port: u16,
+    /// baresip's RTP port range (inclusive).
+    pub rtp_ports: (u16, u16),
     /// Every event received so far.
     pub events: Vec<Value>,
     pub log_path: PathBuf,
@@ -120,6 +122,7 @@ impl Baresip {
             buf: Vec::new(),
             dir: dir.to_path_buf(),
             sip_port,
+            rtp_ports: (rtp_lo, rtp_lo + 15),
             events: Vec::new(),
             log_path,
         }
