@@ -146,12 +146,18 @@ impl Default for RawDatabase {
 #[serde(default)]
 struct RawCalls {
     registered_call_timeout_ms: u64,
+    agent_connect_timeout_ms: u64,
+    no_audio_timeout_ms: u64,
+    hangup_drain_ms: u64,
 }
 
 impl Default for RawCalls {
     fn default() -> Self {
         RawCalls {
             registered_call_timeout_ms: 300_000,
+            agent_connect_timeout_ms: 5_000,
+            no_audio_timeout_ms: 20_000,
+            hangup_drain_ms: 5_000,
         }
     }
 }
@@ -276,6 +282,13 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone)]
 pub struct CallSettings {
     pub registered_call_timeout: Duration,
+    /// How long the agent's websocket may take to open before the call is refused.
+    pub agent_connect_timeout: Duration,
+    /// After answer, how long without any RTP from the caller before the call ends as
+    /// `error_no_audio_received`.
+    pub no_audio_timeout: Duration,
+    /// When the agent hangs up, how much of its queued audio is still played out.
+    pub hangup_drain: Duration,
 }
 
 impl Settings {
@@ -521,6 +534,15 @@ impl RawSettings {
                     "calls.registered_call_timeout_ms",
                     self.calls.registered_call_timeout_ms,
                 )?,
+                agent_connect_timeout: positive_ms(
+                    "calls.agent_connect_timeout_ms",
+                    self.calls.agent_connect_timeout_ms,
+                )?,
+                no_audio_timeout: positive_ms(
+                    "calls.no_audio_timeout_ms",
+                    self.calls.no_audio_timeout_ms,
+                )?,
+                hangup_drain: Duration::from_millis(self.calls.hangup_drain_ms),
             },
             shutdown_grace: Duration::from_millis(self.shutdown.grace_period_ms),
             log_filter: self.log.filter,

@@ -16,3 +16,4 @@ pub mod media;
 pub mod metrics;
 pub mod server;
 pub mod sip;
+pub mod store;

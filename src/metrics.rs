@@ -62,3 +62,14 @@ pub fn http_request(status: u16) {
     };
     counter!("dialtone_http_requests_total", "class" => class).increment(1);
 }
+
+/// Caller audio frames not sent to an agent because its socket could not keep up (the media
+/// task never waits for the agent).
+pub fn agent_frames_dropped(n: u64) {
+    counter!("dialtone_agent_frames_dropped_total").increment(n);
+}
+
+/// Agent frames that were not understood (not JSON, unknown shape, bad base64, binary).
+pub fn agent_corrupt_frame() {
+    counter!("dialtone_agent_corrupt_frames_total").increment(1);
+}

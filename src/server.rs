@@ -10,14 +10,20 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use std::sync::Arc;
+
+use crate::call::NoLiveCalls;
 use crate::config::Settings;
 use crate::http;
 use crate::metrics;
 use crate::sip::endpoint::{self, Endpoint};
 use crate::sip::transport::{Kind, Transports};
+use crate::store::{self, Store, StoreError};
 
 /// Depth of the queue between the transports and the endpoint.
 const INBOUND_QUEUE: usize = 8192;
+/// How often registrations whose window passed are ended.
+const REGISTRATION_SWEEP: Duration = Duration::from_secs(1);
 
 /// How the process was asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +37,7 @@ pub struct Running {
     pub endpoint: Endpoint,
     pub transports: Transports,
     pub http_addr: Option<std::net::SocketAddr>,
+    pub store: Store,
     draining_tx: watch::Sender<bool>,
     shutdown_tx: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
@@ -42,6 +49,9 @@ pub struct Running {
 pub enum StartError {
     #[error(transparent)]
     Transport(#[from] crate::sip::transport::TransportError),
+    /// The message names the setting but never its value (the URL may hold a password).
+    #[error("cannot open the database (database.url): {0}")]
+    Store(#[from] StoreError),
     #[error("cannot bind HTTP on {addr}: {source}")]
     HttpBind {
         addr: std::net::SocketAddr,
@@ -51,6 +61,8 @@ pub enum StartError {
 
 /// Binds every listener the configuration asks for and starts serving.
 pub async fn start(settings: &Settings) -> Result<Running, StartError> {
+    let store = Store::connect(&settings.database.url).await?;
+    info!(backend = ?store.backend(), "database ready");
     let prometheus = metrics::install();
     let (draining_tx, draining_rx) = watch::channel(false);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -62,10 +74,23 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         &settings.sip.limits,
         settings.sip.timers,
         draining_rx.clone(),
+        settings.sip.public_host.clone(),
     );
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(endpoint.clone().run(inbound_rx, shutdown_rx.clone()));
     endpoint::log_listening(&transports);
+    tasks.spawn({
+        let sweeper = store::spawn_registration_sweeper(
+            store.clone(),
+            REGISTRATION_SWEEP,
+            shutdown_rx.clone(),
+        );
+        async move {
+            if let Err(err) = sweeper.await {
+                warn!(%err, "registration sweeper stopped");
+            }
+        }
+    });
 
     let mut http_addr = None;
     if let Some(addr) = settings.http.listen {
@@ -73,7 +98,14 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             .await
             .map_err(|source| StartError::HttpBind { addr, source })?;
         http_addr = listener.local_addr().ok();
-        let state = http::AppState::new(&settings.api.keys, prometheus, draining_rx);
+        let services = http::ApiServices {
+            store: store.clone(),
+            // The call engine replaces this once it is wired in.
+            calls: Arc::new(NoLiveCalls),
+            public_host: settings.sip.public_host.clone(),
+            registered_call_timeout: settings.calls.registered_call_timeout,
+        };
+        let state = http::AppState::new(&settings.api.keys, prometheus, draining_rx, services);
         let shutdown = shutdown_rx.clone();
         tasks.spawn(async move {
             if let Err(err) = http::serve(listener, state, shutdown).await {
@@ -92,6 +124,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         endpoint,
         transports,
         http_addr,
+        store,
         draining_tx,
         shutdown_tx,
         tasks,
@@ -126,6 +159,8 @@ impl Running {
         if wait.await.is_err() {
             self.tasks.abort_all();
         }
+        // Everything committed is on disk already; closing just ends the connections cleanly.
+        self.store.close().await;
         info!(?how, "stopped");
     }
 }

@@ -4,6 +4,10 @@
 //! The media task talks to the bridge only through [`AgentLink`]'s two channels, so it
 //! knows nothing of websockets, and the bridge knows nothing of RTP.
 
+pub mod bridge;
+pub mod echo;
+pub mod protocol;
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -47,4 +51,38 @@ pub enum FromAgent {
 pub struct AgentLink {
     pub to_agent: mpsc::Sender<ToAgent>,
     pub from_agent: mpsc::Receiver<FromAgent>,
+}
+
+/// Slots of `to_agent` that audio may not take, so that a backlog of audio towards a slow
+/// agent never crowds out a DTMF key, a mark or `Stop`.
+pub const CONTROL_RESERVE: usize = 16;
+
+impl AgentLink {
+    /// Hands `msg` to the bridge without ever waiting: the media task runs on a 20 ms
+    /// clock and must not stall on a slow agent. Audio is dropped (and counted in
+    /// `dialtone_agent_frames_dropped_total`) once the queue is within [`CONTROL_RESERVE`]
+    /// of full; control messages may use the reserve. Returns whether `msg` was queued.
+    /// After the socket has gone the bridge keeps draining the channel until every sender
+    /// is dropped, so late messages are accepted and discarded, not counted as dropped.
+    pub fn offer(&self, msg: ToAgent) -> bool {
+        if matches!(msg, ToAgent::Media(_)) && self.to_agent.capacity() <= CONTROL_RESERVE {
+            crate::metrics::agent_frames_dropped(1);
+            return false;
+        }
+        match self.to_agent.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                if matches!(msg, ToAgent::Media(_)) {
+                    crate::metrics::agent_frames_dropped(1);
+                } else {
+                    tracing::warn!(
+                        "agent queue full: a control message towards the agent was lost"
+                    );
+                }
+                false
+            }
+            // The bridge task has finished: nothing more can reach the agent anyway.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
 }

@@ -24,6 +24,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request is valid but the resource's state forbids it (a live call cannot be
+    /// deleted, an ended call cannot be stopped).
+    #[error("{0}")]
+    Conflict(String),
     /// A request the client must fix; `field` names the offending field when known.
     #[error("{message}")]
     BadRequest {
@@ -58,6 +62,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -71,6 +76,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
             ApiError::BadRequest { .. } => "bad_request",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge => "payload_too_large",
@@ -115,7 +121,26 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if matches!(self, ApiError::Conflict(_)) {
+            // The official SDKs retry 409s by default; repeating cannot help here.
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
         response
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(err: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match err {
+            StoreError::UnknownCursor => {
+                ApiError::bad_field("pagination_key", "pagination_key does not name a record")
+            }
+            StoreError::Duplicate(what) => ApiError::Conflict(format!("{what} already exists")),
+            other => ApiError::internal(other),
+        }
     }
 }
 
@@ -175,7 +200,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// Deserializes tracking the path, so the 400 can name the field and not just a column.
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
     // Trailing garbage after the value is a malformed body too.

@@ -5,30 +5,48 @@
 //! Shape of the router, outermost first:
 //! - request counting (every answer, including 401s and 404s, lands in
 //!   `dialtone_http_requests_total`);
-//! - `/healthz`, `/metrics`: public;
+//! - `/healthz`, `/metrics`, and `/agents/echo` (the demo agent's websocket): public;
 //! - everything else: [`auth::require_api_key`], then [`api_routes`] (the API handlers) or
 //!   the JSON 404 fallback. Auth wraps the fallback too, so without a key an unknown path
 //!   is a 401 and the route table is not probeable.
 //!
 //! Every error body has one JSON shape (see [`error`]).
 
+pub mod agents;
 pub mod auth;
+pub mod calls;
 pub mod error;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use error::{ApiError, ApiJson};
 
+use crate::call::CallControl;
 use crate::metrics::PrometheusHandle;
+use crate::store::Store;
+
+/// What the API handlers work with besides keys and metrics.
+#[derive(Clone)]
+pub struct ApiServices {
+    pub store: Store,
+    /// Live calls: the API asks the call engine to stop them.
+    pub calls: Arc<dyn CallControl>,
+    /// Host of the `sip:{call_id}@host` URI handed out for registered calls
+    /// (`sip.public_host`).
+    pub public_host: String,
+    /// How long a registered call may wait to be dialled (`calls.registered_call_timeout`).
+    pub registered_call_timeout: Duration,
+}
 
 /// What every handler can reach. Cheap to clone (everything is shared).
 #[derive(Clone)]
@@ -39,6 +57,10 @@ pub struct AppState {
     /// True once shutdown has begun: `/healthz` then answers 503 so balancers stop
     /// sending new work while in-flight requests and calls finish.
     draining: watch::Receiver<bool>,
+    store: Store,
+    calls: Arc<dyn CallControl>,
+    public_host: Arc<str>,
+    registered_call_timeout: Duration,
 }
 
 impl AppState {
@@ -49,12 +71,21 @@ impl AppState {
         keys: &[String],
         metrics: PrometheusHandle,
         draining: watch::Receiver<bool>,
+        services: ApiServices,
     ) -> AppState {
         AppState {
             keys: keys.iter().map(|k| k.as_bytes().into()).collect(),
             metrics,
             draining,
+            store: services.store,
+            calls: services.calls,
+            public_host: services.public_host.into(),
+            registered_call_timeout: services.registered_call_timeout,
         }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// True once shutdown has begun.
@@ -69,6 +100,8 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("keys", &format_args!("<{} redacted>", self.keys.len()))
             .field("draining", &self.is_draining())
+            .field("store", &self.store)
+            .field("public_host", &self.public_host)
             .finish_non_exhaustive()
     }
 }
@@ -82,6 +115,18 @@ pub fn router(state: AppState) -> Router {
 /// routed here sits behind bearer-key auth and gets JSON 404/405 answers.
 fn api_routes() -> Router<AppState> {
     Router::new()
+        .route("/create-agent", post(agents::create))
+        .route("/get-agent/{agent_id}", get(agents::retrieve))
+        .route("/list-agents", get(agents::list))
+        .route("/v2/list-agents", post(agents::list_v2))
+        .route("/update-agent/{agent_id}", patch(agents::update))
+        .route("/delete-agent/{agent_id}", delete(agents::remove))
+        .route("/v2/register-phone-call", post(calls::register_phone_call))
+        .route("/v2/get-call/{call_id}", get(calls::retrieve))
+        .route("/v3/list-calls", post(calls::list))
+        .route("/v2/update-call/{call_id}", patch(calls::update))
+        .route("/v2/delete-call/{call_id}", delete(calls::remove))
+        .route("/v2/stop-call/{call_id}", post(calls::stop))
 }
 
 /// Assembles the public routes, the authenticated `api` and the shared layers. Split out
@@ -99,6 +144,8 @@ fn build(state: AppState, api: Router<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        // The demo agent echoes back only the audio it is sent: nothing to protect.
+        .route("/agents/echo", get(crate::agent::echo::handler))
         .method_not_allowed_fallback(method_not_allowed)
         .merge(protected)
         .layer(middleware::from_fn(count_requests))

@@ -18,10 +18,25 @@ fn fresh_handle() -> PrometheusHandle {
     PrometheusBuilder::new().build_recorder().handle()
 }
 
-fn state_with(keys: &[&str]) -> (AppState, watch::Sender<bool>) {
+/// API services on a private in-memory database, no live calls.
+pub(super) async fn services() -> ApiServices {
+    ApiServices {
+        store: crate::store::Store::connect("sqlite::memory:")
+            .await
+            .unwrap(),
+        calls: Arc::new(crate::call::NoLiveCalls),
+        public_host: "sip.example.net".to_owned(),
+        registered_call_timeout: std::time::Duration::from_secs(300),
+    }
+}
+
+async fn state_with(keys: &[&str]) -> (AppState, watch::Sender<bool>) {
     let (tx, rx) = watch::channel(false);
     let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-    (AppState::new(&keys, fresh_handle(), rx), tx)
+    (
+        AppState::new(&keys, fresh_handle(), rx, services().await),
+        tx,
+    )
 }
 
 #[derive(Deserialize)]
@@ -101,7 +116,7 @@ fn bearer() -> String {
 
 #[tokio::test]
 async fn healthz_needs_no_key() {
-    let (state, _tx) = state_with(&[KEY]);
+    let (state, _tx) = state_with(&[KEY]).await;
     let reply = send(app(state), Method::GET, "/healthz", None, None).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json(), serde_json::json!({"status": "ok"}));
@@ -109,7 +124,7 @@ async fn healthz_needs_no_key() {
 
 #[tokio::test]
 async fn healthz_is_503_once_draining() {
-    let (state, tx) = state_with(&[KEY]);
+    let (state, tx) = state_with(&[KEY]).await;
     tx.send(true).unwrap();
     let reply = send(app(state), Method::GET, "/healthz", None, None).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -124,7 +139,7 @@ async fn metrics_needs_no_key_and_is_prometheus_text() {
         metrics::counter!("dialtone_test_total", "kind" => "x").increment(3);
     });
     let (tx, rx) = watch::channel(false);
-    let state = AppState::new(&[KEY.to_owned()], handle, rx);
+    let state = AppState::new(&[KEY.to_owned()], handle, rx, services().await);
     let reply = send(app(state), Method::GET, "/metrics", None, None).await;
     drop(tx);
     assert_eq!(reply.status, StatusCode::OK);
@@ -139,7 +154,7 @@ async fn metrics_needs_no_key_and_is_prometheus_text() {
 
 #[tokio::test]
 async fn missing_key_is_401_with_challenge() {
-    let (state, _tx) = state_with(&[KEY]);
+    let (state, _tx) = state_with(&[KEY]).await;
     let reply = send(app(state), Method::GET, "/v2/get-call/abc", None, None).await;
     let json = reply.error(StatusCode::UNAUTHORIZED, "unauthorized");
     assert_eq!(json["message"], "missing or invalid API key");
@@ -148,7 +163,7 @@ async fn missing_key_is_401_with_challenge() {
 
 #[tokio::test]
 async fn wrong_key_or_scheme_is_401() {
-    let (state, _tx) = state_with(&[KEY, "another-key-abcdef"]);
+    let (state, _tx) = state_with(&[KEY, "another-key-abcdef"]).await;
     for auth in [
         "Bearer not-the-key-0123456".to_owned(),
         format!("Bearer {KEY}x"),
@@ -171,7 +186,7 @@ async fn wrong_key_or_scheme_is_401() {
 
 #[tokio::test]
 async fn right_key_passes_auth_to_a_json_404() {
-    let (state, _tx) = state_with(&["another-key-abcdef", KEY]);
+    let (state, _tx) = state_with(&["another-key-abcdef", KEY]).await;
     let reply = send(
         app(state.clone()),
         Method::GET,
@@ -197,7 +212,7 @@ async fn right_key_passes_auth_to_a_json_404() {
 
 #[tokio::test]
 async fn no_keys_configured_refuses_everyone() {
-    let (state, _tx) = state_with(&[]);
+    let (state, _tx) = state_with(&[]).await;
     for auth in [None, Some("Bearer "), Some("Bearer anything-at-all")] {
         let reply = send(app(state.clone()), Method::GET, "/x", auth, None).await;
         reply.error(StatusCode::UNAUTHORIZED, "unauthorized");
@@ -209,7 +224,7 @@ async fn no_keys_configured_refuses_everyone() {
 
 #[tokio::test]
 async fn api_json_accepts_a_good_body() {
-    let (state, _tx) = state_with(&[KEY]);
+    let (state, _tx) = state_with(&[KEY]).await;
     let reply = send(
         app(state),
         Method::POST,
@@ -224,7 +239,7 @@ async fn api_json_accepts_a_good_body() {
 
 #[tokio::test]
 async fn api_json_bad_body_is_400_naming_the_field() {
-    let (state, _tx) = state_with(&[KEY]);
+    let (state, _tx) = state_with(&[KEY]).await;
     let cases = [
         (r#"{"name": "a", "count": "two"}"#, Some("count")),
         (r#"{"name": "a", "count": -1}"#, Some("count")),
@@ -255,7 +270,7 @@ async fn api_json_bad_body_is_400_naming_the_field() {
 
 #[tokio::test]
 async fn api_json_needs_a_json_content_type() {
-    let (state, _tx) = state_with(&[KEY]);
+    let (state, _tx) = state_with(&[KEY]).await;
     let request = axum::http::Request::post("/test/echo")
         .header("authorization", bearer())
         .header("content-type", "text/plain")
@@ -267,7 +282,7 @@ async fn api_json_needs_a_json_content_type() {
 
 #[tokio::test]
 async fn wrong_method_is_405_json() {
-    let (state, _tx) = state_with(&[KEY]);
+    let (state, _tx) = state_with(&[KEY]).await;
     // On an API route: auth first, then the 405.
     let reply = send(app(state.clone()), Method::GET, "/test/echo", None, None).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
@@ -294,9 +309,10 @@ fn requests_are_counted_by_status_class() {
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
-    let (state, _tx) = state_with(&[KEY]);
+    let (state, _tx) = runtime.block_on(state_with(&[KEY]));
     metrics::with_local_recorder(&recorder, || {
         runtime.block_on(async {
             send(app(state.clone()), Method::GET, "/healthz", None, None).await;
@@ -315,9 +331,9 @@ fn requests_are_counted_by_status_class() {
     );
 }
 
-#[test]
-fn debug_output_hides_keys() {
-    let (state, _tx) = state_with(&[KEY]);
+#[tokio::test]
+async fn debug_output_hides_keys() {
+    let (state, _tx) = state_with(&[KEY]).await;
     let text = format!("{state:?}");
     assert!(!text.contains(KEY), "{text}");
     assert!(text.contains("1 redacted"), "{text}");
@@ -349,7 +365,12 @@ async fn serve_answers_and_stops_on_shutdown() {
     let addr = listener.local_addr().unwrap();
     let (drain_tx, drain_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = AppState::new(&[KEY.to_owned()], fresh_handle(), drain_rx);
+    let state = AppState::new(
+        &[KEY.to_owned()],
+        fresh_handle(),
+        drain_rx,
+        services().await,
+    );
     let server = tokio::spawn(serve(listener, state, stop_rx));
 
     let (status, body) = http_get(addr, "/healthz").await;
@@ -371,3 +392,6 @@ async fn serve_answers_and_stops_on_shutdown() {
     assert!(result.is_ok());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+/// The agent and call handlers.
+mod api;

@@ -21,8 +21,8 @@ use crate::config::{SipLimits, TimerSettings};
 use crate::metrics;
 use crate::sip::message::{self, Limits, Method, ParseError, Request, Response, SipMessage};
 use crate::sip::transaction::{
-    RequestIds, ServerInvite, ServerInviteState, ServerKey, ServerNonInvite, ServerNonInviteState,
-    Transaction, TransmitKind,
+    ClientKey, ClientNonInvite, ClientNonInviteState, RequestIds, ServerInvite, ServerInviteState,
+    ServerKey, ServerNonInvite, ServerNonInviteState, Transaction, TransmitKind,
 };
 use crate::sip::transport::{Inbound, Kind, Target, Transports};
 
@@ -48,6 +48,53 @@ enum TxInput {
     Respond(Response),
 }
 
+/// The transaction user that serves calls: the call engine. The endpoint has already
+/// answered retransmissions, CANCEL and everything [`precheck`] rejects.
+pub trait Handler: Send + Sync + 'static {
+    /// A new INVITE outside any dialog (100 Trying already sent). Answer through `tx`.
+    fn on_invite(&self, req: Request, tx: ServerTxHandle, from: Inbound);
+    /// A request inside a dialog (To tag present): BYE, re-INVITE, UPDATE, INFO, OPTIONS.
+    /// Give it back when no dialog matches; the endpoint answers 481.
+    fn on_in_dialog(
+        &self,
+        req: Request,
+        tx: ServerTxHandle,
+        from: Inbound,
+    ) -> Result<(), (Request, ServerTxHandle)>;
+    /// An ACK that matched no transaction: the ACK of a 2xx, for its dialog.
+    fn on_ack(&self, req: Request);
+}
+
+/// The transaction user's side of one server transaction.
+pub struct ServerTxHandle {
+    input: mpsc::Sender<TxInput>,
+    cancelled: watch::Receiver<bool>,
+    target: Target,
+}
+
+impl ServerTxHandle {
+    /// Sends a response through the transaction (which retransmits it as the RFC says).
+    /// A response after the transaction ended is dropped: its peer has gone.
+    pub fn respond(&self, resp: Response) {
+        if self.input.try_send(TxInput::Respond(resp)).is_err() {
+            debug!("response for an ended or flooded transaction dropped");
+        }
+    }
+
+    /// Resolves when a CANCEL has ended this (INVITE) transaction with 487.
+    pub async fn cancelled(&mut self) {
+        if self.cancelled.wait_for(|c| *c).await.is_err() {
+            // The transaction ended without a CANCEL: never resolve.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Where responses go: the peer's address and connection.
+    pub fn target(&self) -> Target {
+        self.target
+    }
+}
+
 /// Shared state of the endpoint.
 struct Inner {
     transports: Transports,
@@ -60,6 +107,22 @@ struct Inner {
     in_flight: AtomicUsize,
     in_flight_changed: tokio::sync::Notify,
     draining: watch::Receiver<bool>,
+    handler: std::sync::OnceLock<Arc<dyn Handler>>,
+    /// Live client transactions, by key; each task gets the responses that match it.
+    client_txs: Mutex<HashMap<ClientKey, mpsc::Sender<Response>>>,
+    /// The host put in Via and Contact.
+    public_host: String,
+}
+
+/// Why a request we sent got no final response.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    #[error("no final response within 64*T1 (timer F)")]
+    Timeout,
+    #[error("transport failure: {0}")]
+    Transport(String),
+    #[error("request is missing {0}")]
+    Malformed(&'static str),
 }
 
 /// The endpoint handle; cheap to clone.
@@ -74,6 +137,7 @@ impl Endpoint {
         limits: &SipLimits,
         timers: TimerSettings,
         draining: watch::Receiver<bool>,
+        public_host: String,
     ) -> Endpoint {
         Endpoint {
             inner: Arc::new(Inner {
@@ -87,6 +151,9 @@ impl Endpoint {
                 in_flight: AtomicUsize::new(0),
                 in_flight_changed: tokio::sync::Notify::new(),
                 draining,
+                handler: std::sync::OnceLock::new(),
+                client_txs: Mutex::new(HashMap::new()),
+                public_host,
             }),
         }
     }
@@ -160,9 +227,24 @@ impl Endpoint {
             Err(err) => self.reply_to_error(&msg, err).await,
             Ok(SipMessage::Response(resp)) => {
                 metrics::message_in(transport, &resp.status.to_string());
-                // No client transactions are started yet, so every response is stray.
-                metrics::drop("stray_response", transport);
-                trace!(source = %msg.source, status = resp.status, "response matches no client transaction");
+                let key = match (resp.top_via().and_then(|v| v.branch), resp.cseq()) {
+                    (Some(branch), Some(cseq)) => {
+                        Some(ClientKey::new(&branch, cseq.method.as_str()))
+                    }
+                    _ => None,
+                };
+                let tx = key.and_then(|key| lock(&self.inner.client_txs).get(&key).cloned());
+                match tx {
+                    Some(tx) => {
+                        if tx.try_send(resp).is_err() {
+                            metrics::drop("transaction_busy", transport);
+                        }
+                    }
+                    None => {
+                        metrics::drop("stray_response", transport);
+                        trace!(source = %msg.source, status = resp.status, "response matches no client transaction");
+                    }
+                }
             }
             Ok(SipMessage::Request(mut req)) => {
                 metrics::message_in(transport, req.method.as_str());
@@ -217,11 +299,12 @@ impl Endpoint {
         match req.method {
             Method::Ack => {
                 match self.lookup(&key) {
-                    Some(tx) => {
-                        self.deliver(&tx, TxInput::Ack, transport);
-                    }
-                    // An ACK for a 2xx goes to its dialog; there are none yet.
-                    None => metrics::drop("stray_ack", transport),
+                    Some(tx) => self.deliver(&tx, TxInput::Ack, transport),
+                    // The ACK of a 2xx is a transaction of its own: it goes to its dialog.
+                    None => match self.handler() {
+                        Some(handler) if req.to_tag().is_some() => handler.on_ack(req),
+                        _ => metrics::drop("stray_ack", transport),
+                    },
                 }
                 return;
             }
@@ -245,7 +328,7 @@ impl Endpoint {
                     message::reason_phrase(status),
                     Some(&new_tag()),
                 );
-                self.start_transaction(msg, key, req, Some(resp));
+                self.answer(msg, key, &req, resp);
                 return;
             }
             _ => {}
@@ -256,7 +339,9 @@ impl Endpoint {
             self.deliver(&tx, TxInput::Retransmission, transport);
             return;
         }
-        let resp = if *self.inner.draining.borrow() {
+        let in_dialog = req.to_tag().is_some();
+        // In-dialog requests keep flowing while draining, so live calls can end properly.
+        if *self.inner.draining.borrow() && !in_dialog {
             let mut resp = Response::for_request(
                 &req,
                 503,
@@ -264,11 +349,174 @@ impl Endpoint {
                 Some(&new_tag()),
             );
             resp.headers.push("Retry-After", "30");
-            resp
-        } else {
-            user_agent_core(&req)
+            self.answer(msg, key, &req, resp);
+            return;
+        }
+        if let Some(resp) = precheck(&req) {
+            self.answer(msg, key, &req, resp);
+            return;
+        }
+        let handler = self.handler();
+        let Some(handle) = self.start_transaction(msg, key, &req) else {
+            return;
         };
-        self.start_transaction(msg, key, req, Some(resp));
+        match handler {
+            Some(handler) if in_dialog => {
+                if let Err((req, handle)) = handler.on_in_dialog(req, handle, msg.clone()) {
+                    handle.respond(Response::for_request(
+                        &req,
+                        481,
+                        message::reason_phrase(481),
+                        None,
+                    ));
+                }
+            }
+            Some(handler) if req.method == Method::Invite => {
+                handler.on_invite(req, handle, msg.clone())
+            }
+            _ => handle.respond(user_agent_core(&req)),
+        }
+    }
+
+    /// Our Via for a request sent over `kind`, with a fresh branch.
+    pub fn via(&self, kind: Kind) -> (String, String) {
+        let branch = format!(
+            "z9hG4bK{:016x}{:08x}",
+            rand::random::<u64>(),
+            rand::random::<u32>()
+        );
+        let port = self
+            .inner
+            .transports
+            .local_addr(kind)
+            .map(|a| a.port())
+            .unwrap_or(5060);
+        let via = format!(
+            "SIP/2.0/{} {}:{};branch={};rport",
+            kind.as_str(),
+            host_for_uri(&self.inner.public_host),
+            port,
+            branch
+        );
+        (via, branch)
+    }
+
+    /// Our Contact URI for dialogs over `kind`.
+    pub fn contact(&self, kind: Kind) -> String {
+        let port = self
+            .inner
+            .transports
+            .local_addr(kind)
+            .map(|a| a.port())
+            .unwrap_or(5060);
+        let host = host_for_uri(&self.inner.public_host);
+        match kind {
+            Kind::Udp => format!("<sip:{host}:{port}>"),
+            Kind::Tcp => format!("<sip:{host}:{port};transport=tcp>"),
+            Kind::Tls => format!("<sips:{host}:{port}>"),
+        }
+    }
+
+    /// Sends a non-INVITE request (BYE, ...) in its own client transaction and waits for
+    /// its final response. Adds our Via; the caller sets everything else.
+    pub async fn request(
+        &self,
+        mut req: Request,
+        target: Target,
+    ) -> Result<Response, RequestError> {
+        let cseq = req.cseq().ok_or(RequestError::Malformed("CSeq"))?;
+        let (via, branch) = self.via(target.kind);
+        req.headers.remove("Via");
+        let mut headers = message::Headers::default();
+        headers.push("Via", via);
+        for (name, value) in req.headers.iter() {
+            headers.push(name, value);
+        }
+        if headers.get("Max-Forwards").is_none() {
+            headers.push("Max-Forwards", "70");
+        }
+        headers.push("User-Agent", PRODUCT);
+        req.headers = headers;
+        let key = ClientKey::new(&branch, cseq.method.as_str());
+        let (tx, mut rx) = mpsc::channel(8);
+        lock(&self.inner.client_txs).insert(key.clone(), tx);
+        let bytes = req.to_bytes();
+        let transport = target.kind.as_str();
+        metrics::message_out(transport, req.method.as_str());
+        let mut machine = ClientNonInvite::new(
+            Instant::now().into_std(),
+            bytes,
+            target.kind.is_reliable(),
+            self.inner.timers,
+        );
+        let result = loop {
+            while let Some(t) = machine.poll_transmit() {
+                if t.kind == TransmitKind::Retransmit {
+                    metrics::retransmission("sent", transport);
+                }
+                if let Err(err) = self.inner.transports.send(target, t.payload).await {
+                    machine.transport_error(Instant::now().into_std());
+                    debug!(%err, "request not sent");
+                }
+            }
+            let mut failed = None;
+            while let Some(event) = machine.poll_event() {
+                failed = Some(match event.equivalent_status() {
+                    Some(503) => RequestError::Transport("send failed".into()),
+                    _ => RequestError::Timeout,
+                });
+            }
+            if let Some(err) = failed {
+                break Err(err);
+            }
+            if machine.is_terminated() {
+                break Err(RequestError::Timeout);
+            }
+            let deadline = machine.poll_timeout();
+            tokio::select! {
+                resp = rx.recv() => {
+                    let Some(resp) = resp else { break Err(RequestError::Timeout) };
+                    let now = Instant::now().into_std();
+                    let pass = machine.on_response(now, resp.status);
+                    if pass == crate::sip::transaction::Disposition::PassToTu && resp.status >= 200 {
+                        break Ok(resp);
+                    }
+                }
+                _ = sleep_until_opt(deadline) => machine.handle_timeout(Instant::now().into_std()),
+            }
+        };
+        // Linger to absorb retransmitted finals (Timer K) without holding the caller.
+        if result.is_ok() && machine.state() != ClientNonInviteState::Terminated {
+            let endpoint = self.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                while !machine.is_terminated() {
+                    let deadline = machine.poll_timeout();
+                    tokio::select! {
+                        resp = rx.recv() => match resp {
+                            Some(resp) => { let _ = machine.on_response(Instant::now().into_std(), resp.status); }
+                            None => break,
+                        },
+                        _ = sleep_until_opt(deadline) => machine.handle_timeout(Instant::now().into_std()),
+                    }
+                }
+                lock(&endpoint.inner.client_txs).remove(&key);
+            });
+        } else {
+            lock(&self.inner.client_txs).remove(&key);
+        }
+        result
+    }
+
+    fn handler(&self) -> Option<Arc<dyn Handler>> {
+        self.inner.handler.get().cloned()
+    }
+
+    /// Installs the transaction user that serves INVITEs and dialogs. Once only.
+    pub fn set_handler(&self, handler: Arc<dyn Handler>) {
+        if self.inner.handler.set(handler).is_err() {
+            warn!("endpoint handler installed twice; keeping the first");
+        }
     }
 
     /// Hands an input to a transaction task without waiting: a task whose queue is full is
@@ -283,20 +531,20 @@ impl Endpoint {
         lock(&self.inner.server_txs).get(key).cloned()
     }
 
-    /// Creates a server transaction for `req`, spawns its task, and hands it the TU's
-    /// first response (INVITEs get a 100 Trying before it).
+    /// Creates a server transaction for `req` and spawns its task; INVITEs get a 100 Trying
+    /// at once (RFC 3261 §8.2.6.1). `None` when a retransmission of the same request won
+    /// the race and already made one.
     fn start_transaction(
         &self,
         msg: &Inbound,
         key: ServerKey,
-        req: Request,
-        resp: Option<Response>,
-    ) {
+        req: &Request,
+    ) -> Option<ServerTxHandle> {
         let (tx, rx) = mpsc::channel(16);
         {
             let mut table = lock(&self.inner.server_txs);
             if table.contains_key(&key) {
-                return; // lost a race with a retransmission of the same request
+                return None;
             }
             table.insert(key.clone(), tx.clone());
         }
@@ -308,24 +556,35 @@ impl Endpoint {
         } else {
             ServerTx::NonInvite(ServerNonInvite::new(now, reliable, self.inner.timers))
         };
-        let holds_shutdown = !*self.inner.draining.borrow();
+        let (cancelled_tx, cancelled_rx) = watch::channel(false);
         let task = TxTask {
             endpoint: self.clone(),
             key,
             machine,
             target: response_target(msg),
-            request: req,
-            holds_shutdown,
+            request: req.clone(),
+            cancelled: cancelled_tx,
+            to_tag: None,
+            holds_shutdown: !*self.inner.draining.borrow(),
             counted: false,
         };
         if is_invite {
-            let trying = Response::for_request(&task.request, 100, "Trying", None);
+            let trying = Response::for_request(req, 100, "Trying", None);
             let _ = tx.try_send(TxInput::Respond(trying));
         }
-        if let Some(resp) = resp {
-            let _ = tx.try_send(TxInput::Respond(resp));
-        }
         tokio::spawn(task.run(rx));
+        Some(ServerTxHandle {
+            input: tx,
+            cancelled: cancelled_rx,
+            target: response_target(msg),
+        })
+    }
+
+    /// Starts a transaction for `req` and answers it with `resp` right away.
+    fn answer(&self, msg: &Inbound, key: ServerKey, req: &Request, resp: Response) {
+        if let Some(handle) = self.start_transaction(msg, key, req) {
+            handle.respond(resp);
+        }
     }
 
     async fn send_stateless(&self, msg: &Inbound, mut resp: Response) {
@@ -393,10 +652,10 @@ fn response_target(msg: &Inbound) -> Target {
     }
 }
 
-/// The user-agent core's answer to a new request outside any dialog (RFC 3261 §8.2).
-/// Checks run in the RFC's order: method, header inspection, content, then the
-/// application (routing, which for now finds nobody: every INVITE gets 404).
-fn user_agent_core(req: &Request) -> Response {
+/// RFC 3261 §8.2's checks before a request reaches its handler, in the RFC's order:
+/// method, header inspection (dialog, Require), content (Content-Type, Accept).
+/// `Some` is the rejection to send.
+fn precheck(req: &Request) -> Option<Response> {
     let reject = |status: u16| {
         Response::for_request(
             req,
@@ -405,10 +664,14 @@ fn user_agent_core(req: &Request) -> Response {
             Some(&new_tag()),
         )
     };
+    let in_dialog = req.to_tag().is_some();
     match &req.method {
         Method::Invite | Method::Options => {}
-        // Dialog methods: with no dialog to match, the transaction does not exist.
-        Method::Bye | Method::Update | Method::Info | Method::Prack => return reject(481),
+        // Dialog methods outside a dialog: the transaction does not exist.
+        Method::Bye | Method::Update | Method::Info | Method::Prack if !in_dialog => {
+            return Some(reject(481))
+        }
+        Method::Bye | Method::Update | Method::Info | Method::Prack => {}
         Method::Register
         | Method::Subscribe
         | Method::Notify
@@ -417,19 +680,15 @@ fn user_agent_core(req: &Request) -> Response {
         | Method::Publish => {
             let mut resp = reject(405);
             resp.headers.push("Allow", ALLOW);
-            return resp;
+            return Some(resp);
         }
         Method::Other(_) => {
             let mut resp = reject(501);
             resp.headers.push("Allow", ALLOW);
-            return resp;
+            return Some(resp);
         }
         // Handled before a transaction is made.
-        Method::Ack | Method::Cancel => return reject(500),
-    }
-    // A request inside a dialog (To tag present) that matches none: RFC 3261 §12.2.2.
-    if req.to_tag().is_some() {
-        return reject(481);
+        Method::Ack | Method::Cancel => return Some(reject(500)),
     }
     let unsupported: Vec<&str> = req
         .headers
@@ -438,18 +697,23 @@ fn user_agent_core(req: &Request) -> Response {
         .map(str::trim)
         .filter(|tag| !tag.is_empty() && !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(tag)))
         .collect();
-    if !unsupported.is_empty() {
+    if !unsupported.is_empty() && req.method != Method::Bye {
         let mut resp = reject(420);
         resp.headers.push("Unsupported", unsupported.join(", "));
-        return resp;
+        return Some(resp);
     }
-    if !req.body.is_empty() {
+    if !req.body.is_empty()
+        && matches!(
+            req.method,
+            Method::Invite | Method::Update | Method::Options
+        )
+    {
         let content_type = req.headers.get("Content-Type").unwrap_or("");
         let mime = content_type.split(';').next().unwrap_or("").trim();
         if !mime.eq_ignore_ascii_case(ACCEPT) {
             let mut resp = reject(415);
             resp.headers.push("Accept", ACCEPT);
-            return resp;
+            return Some(resp);
         }
     }
     if req.method == Method::Invite && !accepts_sdp(req) {
@@ -458,19 +722,32 @@ fn user_agent_core(req: &Request) -> Response {
             "Warning",
             "399 dialtone \"only application/sdp is offered\"",
         );
-        return resp;
+        return Some(resp);
     }
+    None
+}
+
+/// The answer to a request that passed [`precheck`] when no handler serves it: OPTIONS
+/// gets 200 (trunks use it as a ping), an INVITE finds nobody (404), in-dialog requests
+/// find no dialog (481).
+fn user_agent_core(req: &Request) -> Response {
     match req.method {
-        Method::Options => {
-            let mut resp = Response::for_request(req, 200, "OK", Some(&new_tag()));
-            resp.headers.push("Allow", ALLOW);
-            resp.headers.push("Accept", ACCEPT);
-            resp.headers.push("Accept-Encoding", "identity");
-            resp.headers.push("Accept-Language", "en");
-            resp
+        _ if req.to_tag().is_some() => {
+            Response::for_request(req, 481, message::reason_phrase(481), None)
         }
-        _ => reject(404),
+        Method::Options => options_response(req),
+        _ => Response::for_request(req, 404, message::reason_phrase(404), Some(&new_tag())),
     }
+}
+
+/// 200 to OPTIONS, with what this server can do.
+pub fn options_response(req: &Request) -> Response {
+    let mut resp = Response::for_request(req, 200, "OK", Some(&new_tag()));
+    resp.headers.push("Allow", ALLOW);
+    resp.headers.push("Accept", ACCEPT);
+    resp.headers.push("Accept-Encoding", "identity");
+    resp.headers.push("Accept-Language", "en");
+    resp
 }
 
 /// Whether the request's `Accept` (absent means `application/sdp`, RFC 3261 §20.1) allows SDP.
@@ -485,6 +762,15 @@ fn accepts_sdp(req: &Request) -> bool {
             || mime == "*/*"
             || mime.eq_ignore_ascii_case("application/*")
     })
+}
+
+/// A host as it goes into a URI: IPv6 addresses in brackets.
+fn host_for_uri(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
 }
 
 /// A fresh tag for To headers (RFC 3261 §19.3: at least 32 bits of randomness).
@@ -511,6 +797,10 @@ struct TxTask {
     machine: ServerTx,
     target: Target,
     request: Request,
+    /// Tells the TU that a CANCEL arrived.
+    cancelled: watch::Sender<bool>,
+    /// The To tag of the responses sent so far, reused by a 487 (RFC 3261 §9.2).
+    to_tag: Option<String>,
     /// Whether this transaction delays a graceful shutdown while in flight.
     holds_shutdown: bool,
     /// Whether it is currently counted in `in_flight`.
@@ -575,13 +865,11 @@ impl TxTask {
             }
             TxInput::Cancel => {
                 if !self.final_sent() {
-                    let resp = Response::for_request(
-                        &self.request,
-                        487,
-                        "Request Terminated",
-                        Some(&new_tag()),
-                    );
+                    let tag = self.to_tag.clone().unwrap_or_else(new_tag);
+                    let resp =
+                        Response::for_request(&self.request, 487, "Request Terminated", Some(&tag));
                     self.respond(now, resp);
+                    let _ = self.cancelled.send(true);
                 }
             }
             TxInput::Respond(resp) => self.respond(now, resp),
@@ -589,6 +877,13 @@ impl TxTask {
     }
 
     fn respond(&mut self, now: std::time::Instant, mut resp: Response) {
+        if self.to_tag.is_none() && resp.status > 100 {
+            self.to_tag = resp
+                .headers
+                .get("To")
+                .and_then(|to| message::NameAddr::parse(to).ok())
+                .and_then(|to| to.param("tag").map(str::to_owned));
+        }
         resp.headers.push("Server", PRODUCT);
         let status = resp.status;
         let bytes = resp.to_bytes();

@@ -1,6 +1,7 @@
 //! The SIP stack: transports, framing, messages, transactions and the endpoint that ties
 //! them together.
 
+pub mod dialog;
 pub mod endpoint;
 pub mod framing;
 pub mod message;

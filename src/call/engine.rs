@@ -1,0 +1,667 @@
+//! The call engine: the transaction user that turns an INVITE for `sip:{call_id}@host`
+//! into a call bridged to its agent, and ends it the right way whatever happens.
+//!
+//! One task per call owns its dialog, its media task handle and its record's fate. The
+//! SIP side reaches it through the dialog map (in-dialog requests, the ACK of our 2xx); the
+//! HTTP API through [`CallControl`]. Every path out of the task settles the record once
+//! (`finish_call` is idempotent: the first reason wins) and frees the RTP port, the agent
+//! socket and the map entries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::agent::bridge::{self, AgentConfig, StartInfo};
+use crate::call::model::{Agent, Call, DisconnectionReason};
+use crate::call::CallControl;
+use crate::config::{CallSettings, TimerSettings};
+use crate::media::ports::PortPool;
+use crate::media::session::{self, MediaCommand, MediaHandle, SessionConfig};
+use crate::sip::dialog::{Dialog, DialogKey};
+use crate::sip::endpoint::{new_tag, Endpoint, Handler, ServerTxHandle, ALLOW};
+use crate::sip::message::{self, Method, Request, Response};
+use crate::sip::sdp::{self, LocalMedia, Negotiated, Sdp};
+use crate::sip::transport::{Inbound, Kind};
+use crate::store::{Claim, Store};
+
+/// What a call task can be told.
+#[derive(Debug)]
+enum CallInput {
+    /// A request inside the call's dialog, with its server transaction.
+    Request(Request, ServerTxHandle),
+    /// The ACK of our 2xx.
+    Ack(Request),
+    /// Stop the call through the API.
+    Stop,
+}
+
+impl std::fmt::Debug for ServerTxHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTxHandle").field("target", &self.target()).finish()
+    }
+}
+
+/// Engine-wide settings taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub calls: CallSettings,
+    pub timers: TimerSettings,
+    /// The address written into SDP; `None` means the address the INVITE arrived on.
+    pub media_ip: Option<IpAddr>,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    store: Store,
+    ports: PortPool,
+    settings: EngineSettings,
+    /// Live calls by dialog, for in-dialog requests and ACKs.
+    dialogs: Mutex<HashMap<DialogKey, mpsc::Sender<CallInput>>>,
+    /// Live calls by call_id, for the API.
+    live: Mutex<HashMap<String, mpsc::Sender<CallInput>>>,
+}
+
+/// The call engine handle; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Maps with single inserts and removes stay consistent even after a panic elsewhere.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Engine {
+    pub fn new(endpoint: Endpoint, store: Store, ports: PortPool, settings: EngineSettings) -> Engine {
+        Engine {
+            inner: Arc::new(Inner {
+                endpoint,
+                store,
+                ports,
+                settings,
+                dialogs: Mutex::new(HashMap::new()),
+                live: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Calls currently being set up or connected.
+    pub fn live_calls(&self) -> usize {
+        lock(&self.inner.live).len()
+    }
+}
+
+impl Handler for Engine {
+    fn on_invite(&self, req: Request, tx: ServerTxHandle, from: Inbound) {
+        let span = tracing::info_span!("call", sip_call_id = req.call_id().unwrap_or(""));
+        let engine = self.clone();
+        tokio::spawn(async move { engine.inbound_call(req, tx, from).await }.instrument(span));
+    }
+
+    fn on_in_dialog(&self, req: Request, tx: ServerTxHandle, _from: Inbound) -> Result<(), (Request, ServerTxHandle)> {
+        let Some(key) = DialogKey::of_request(&req) else {
+            return Err((req, tx));
+        };
+        let call = lock(&self.inner.dialogs).get(&key).cloned();
+        match call {
+            Some(call) => match call.try_send(CallInput::Request(req, tx)) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(CallInput::Request(req, tx)))
+                | Err(mpsc::error::TrySendError::Closed(CallInput::Request(req, tx))) => Err((req, tx)),
+                Err(_) => Ok(()),
+            },
+            None => Err((req, tx)),
+        }
+    }
+
+    fn on_ack(&self, req: Request) {
+        let Some(key) = DialogKey::of_request(&req) else {
+            return;
+        };
+        let call = lock(&self.inner.dialogs).get(&key).cloned();
+        match call {
+            Some(call) => {
+                let _ = call.try_send(CallInput::Ack(req));
+            }
+            None => debug!("ACK for no live dialog dropped"),
+        }
+    }
+}
+
+impl CallControl for Engine {
+    fn stop(&self, call_id: &str) -> bool {
+        let call = lock(&self.inner.live).get(call_id).cloned();
+        match call {
+            Some(call) => call.try_send(CallInput::Stop).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// A rejection sent before the call was claimed: the registration stays usable.
+fn reject(tx: &ServerTxHandle, req: &Request, status: u16, reason: &str) {
+    let mut resp = Response::for_request(req, status, reason, Some(&new_tag()));
+    if status == 488 {
+        resp.headers.push("Warning", "304 dialtone \"no common codec\"");
+    }
+    tx.respond(resp);
+}
+
+/// Removes a call from the engine's maps when its task ends, however it ends.
+struct Registration {
+    engine: Engine,
+    call_id: String,
+    dialog: Option<DialogKey>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        lock(&self.engine.inner.live).remove(&self.call_id);
+        if let Some(key) = &self.dialog {
+            lock(&self.engine.inner.dialogs).remove(key);
+        }
+    }
+}
+
+/// How a connected call ended, and whether we still owe the caller a BYE.
+struct Ending {
+    reason: DisconnectionReason,
+    send_bye: bool,
+}
+
+impl Engine {
+    /// The INVITE for `sip:{call_id}@host`: find the registration, negotiate, claim it,
+    /// ring while the agent's socket opens, answer, and run the call to its end.
+    async fn inbound_call(self, invite: Request, tx: ServerTxHandle, from: Inbound) {
+        let Some(call_id) = invite.uri_user() else {
+            return reject(&tx, &invite, 404, "Not Found");
+        };
+        let call = match self.inner.store.get_call(&call_id).await {
+            Ok(Some(call)) => call,
+            Ok(None) => return reject(&tx, &invite, 404, "Not Found"),
+            Err(err) => {
+                warn!(%err, "store unavailable while routing an INVITE");
+                return reject(&tx, &invite, 503, "Service Unavailable");
+            }
+        };
+        // Check the offer before claiming, so a caller with no common codec does not burn
+        // the registration.
+        let offer = if invite.body.is_empty() {
+            None
+        } else {
+            match Sdp::parse(&invite.body) {
+                Ok(offer) => Some(offer),
+                Err(err) => {
+                    debug!(%err, "unreadable SDP offer");
+                    return reject(&tx, &invite, 400, "Bad Request (SDP)");
+                }
+            }
+        };
+        let socket = match self.inner.ports.bind().await {
+            Ok(socket) => socket,
+            Err(err) => {
+                warn!(%err, "no RTP port for a new call");
+                return reject(&tx, &invite, 503, "Service Unavailable (no media ports)");
+            }
+        };
+        let media_ip = self.media_ip(&from);
+        let session_id = rand::random::<u32>() as u64;
+        let local = LocalMedia::new(media_ip, socket.port(), session_id, 1);
+        let answer = match &offer {
+            Some(offer) => match sdp::answer(offer, &local) {
+                Ok(answer) => Some(answer),
+                Err(err) => {
+                    debug!(%err, "offer not acceptable");
+                    return reject(&tx, &invite, 488, "Not Acceptable Here");
+                }
+            },
+            None => None,
+        };
+        let call = match self.inner.store.claim_registered_call(&call.call_id, now_ms()).await {
+            Ok(Claim::Claimed(call)) => call,
+            Ok(Claim::Unknown) => return reject(&tx, &invite, 404, "Not Found"),
+            Ok(Claim::AlreadyClaimed) => return reject(&tx, &invite, 486, "Busy Here (call already answered)"),
+            Ok(Claim::Expired) => return reject(&tx, &invite, 404, "Not Found (registration expired)"),
+            Err(err) => {
+                warn!(%err, "store unavailable while claiming a call");
+                return reject(&tx, &invite, 503, "Service Unavailable");
+            }
+        };
+        info!(call_id = %call.call_id, agent_id = %call.agent_id, "registered call dialled");
+        let (input_tx, input_rx) = mpsc::channel(32);
+        let local_tag = new_tag();
+        let dialog = match Dialog::from_invite(&invite, &local_tag, tx.target()) {
+            Ok(dialog) => dialog,
+            Err(err) => {
+                reject(&tx, &invite, 400, "Bad Request (no dialog)");
+                debug!(%err, "INVITE cannot make a dialog");
+                self.finish(&call.call_id, DisconnectionReason::ErrorUnknown, Some(400)).await;
+                return;
+            }
+        };
+        lock(&self.inner.live).insert(call.call_id.clone(), input_tx.clone());
+        lock(&self.inner.dialogs).insert(dialog.key.clone(), input_tx);
+        let registration = Registration {
+            engine: self.clone(),
+            call_id: call.call_id.clone(),
+            dialog: Some(dialog.key.clone()),
+        };
+        let setup = CallSetup {
+            invite,
+            tx,
+            dialog,
+            local,
+            answer,
+            offer_sent: None,
+            call,
+            socket: Some(socket),
+            kind: from.kind,
+        };
+        setup.run(self.clone(), input_rx).await;
+        drop(registration);
+    }
+
+    fn media_ip(&self, from: &Inbound) -> IpAddr {
+        if let Some(ip) = self.inner.settings.media_ip {
+            return ip;
+        }
+        let local = from.local.ip();
+        if local.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            local
+        }
+    }
+
+    async fn finish(&self, call_id: &str, reason: DisconnectionReason, sip_status: Option<u16>) {
+        match self.inner.store.finish_call(call_id, reason, now_ms(), sip_status).await {
+            Ok(_) => info!(call_id, reason = reason.as_str(), "call ended"),
+            Err(err) => warn!(%err, call_id, reason = reason.as_str(), "could not record the end of a call"),
+        }
+    }
+}
+
+/// One call from INVITE to its end.
+struct CallSetup {
+    invite: Request,
+    tx: ServerTxHandle,
+    dialog: Dialog,
+    local: LocalMedia,
+    /// Our answer, when the INVITE carried an offer.
+    answer: Option<sdp::Answer>,
+    /// Our offer in the 200, when the INVITE carried none (the answer comes in the ACK).
+    offer_sent: Option<Sdp>,
+    call: Call,
+    socket: Option<crate::media::ports::RtpSocket>,
+    kind: Kind,
+}
+
+impl CallSetup {
+    fn response(&self, status: u16, reason: &str, contact: &str) -> Response {
+        let mut resp = Response::for_request(&self.invite, status, reason, Some(&self.dialog.key.local_tag));
+        if status > 100 && status < 300 {
+            resp.headers.push("Contact", contact);
+        }
+        resp
+    }
+
+    async fn run(mut self, engine: Engine, mut inputs: mpsc::Receiver<CallInput>) {
+        let contact = engine.inner.endpoint.contact(self.kind);
+        self.tx.respond(self.response(180, "Ringing", &contact));
+
+        let agent = match engine.inner.store.get_agent(&self.call.agent_id).await {
+            Ok(Some(agent)) => agent,
+            Ok(None) | Err(_) => {
+                warn!(agent_id = %self.call.agent_id, "agent of a registered call is gone");
+                self.tx.respond(self.response(480, "Temporarily Unavailable (no agent)", &contact));
+                engine.finish(&self.call.call_id, DisconnectionReason::ErrorLlmWebsocketOpen, Some(480)).await;
+                return;
+            }
+        };
+        // Open the agent's socket while the caller hears ringing; a CANCEL or a stop-call
+        // can end this wait.
+        let start = self.start_info(&agent);
+        let config = AgentConfig {
+            url: agent.response_engine.url.clone(),
+            headers: agent.response_engine.headers.clone(),
+            encoding: agent.response_engine.audio_encoding,
+            connect_timeout: engine.inner.settings.calls.agent_connect_timeout,
+        };
+        let link = tokio::select! {
+            link = bridge::connect(&config, start) => link,
+            _ = self.tx.cancelled() => {
+                engine.finish(&self.call.call_id, DisconnectionReason::UserHangup, Some(487)).await;
+                return;
+            }
+            stop = wait_for_stop(&mut inputs) => {
+                if stop {
+                    self.tx.respond(self.response(480, "Temporarily Unavailable (stopped)", &contact));
+                    engine.finish(&self.call.call_id, DisconnectionReason::ManualStopped, Some(480)).await;
+                }
+                return;
+            }
+        };
+        let link = match link {
+            Ok(link) => link,
+            Err(err) => {
+                warn!(%err, "agent websocket did not open; refusing the call");
+                self.tx.respond(self.response(480, "Temporarily Unavailable (agent unreachable)", &contact));
+                engine.finish(&self.call.call_id, DisconnectionReason::ErrorLlmWebsocketOpen, Some(480)).await;
+                return;
+            }
+        };
+
+        // Answer.
+        let body = match &self.answer {
+            Some(answer) => answer.sdp.to_string(),
+            None => {
+                let offer = sdp::offer(&self.local);
+                let text = offer.to_string();
+                self.offer_sent = Some(offer);
+                text
+            }
+        };
+        let mut ok = self.response(200, "OK", &contact);
+        ok.headers.push("Allow", ALLOW);
+        ok.headers.push("Content-Type", "application/sdp");
+        ok.body = Bytes::from(body);
+        self.tx.respond(ok.clone());
+        let answered_at = now_ms();
+        let codec = self.answer.as_ref().map(|a| a.negotiated.codec.encoding_name().to_string());
+        if let Err(err) = engine
+            .inner
+            .store
+            .mark_ongoing(
+                &self.call.call_id,
+                answered_at,
+                codec.as_deref(),
+                self.invite.call_id().map(|c| serde_json::json!({ "sip_call_id": c })),
+                Some(200),
+            )
+            .await
+        {
+            warn!(%err, "could not record the answer");
+        }
+
+        // Wait for the ACK, retransmitting the 2xx over UDP (RFC 3261 §13.3.1.4). The
+        // caller may hang up before it comes.
+        let negotiated = match self.wait_for_ack(&engine, &mut inputs, ok).await {
+            Ok(negotiated) => negotiated,
+            Err(ending) => {
+                let _ = link.to_agent.try_send(crate::agent::ToAgent::Stop);
+                self.end(&engine, ending).await;
+                return;
+            }
+        };
+
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        let media = session::spawn(
+            socket,
+            SessionConfig {
+                negotiated,
+                agent_encoding: agent.response_engine.audio_encoding,
+                no_audio_timeout: engine.inner.settings.calls.no_audio_timeout,
+                inactivity_timeout: Duration::from_millis(agent.end_call_after_silence_ms.max(1000) as u64),
+                hangup_drain_cap: engine.inner.settings.calls.hangup_drain,
+                ssrc: rand::random(),
+                cname: format!("dialtone-{}", self.call.call_id),
+            },
+            link,
+        );
+        let max_duration = Duration::from_millis(agent.max_call_duration_ms.max(1000) as u64);
+        let ending = self.connected(&engine, &mut inputs, media, max_duration).await;
+        self.end(&engine, ending).await;
+    }
+
+    fn start_info(&self, agent: &Agent) -> StartInfo {
+        let mut params = BTreeMap::new();
+        params.insert("call_id".to_string(), self.call.call_id.clone());
+        params.insert("agent_id".to_string(), agent.agent_id.clone());
+        params.insert("direction".to_string(), self.call.direction.as_str().to_string());
+        let from_user = self
+            .invite
+            .headers
+            .get("From")
+            .and_then(|f| message::NameAddr::parse(f).ok())
+            .and_then(|f| message::SipUri::parse(&f.uri))
+            .and_then(|u| u.user);
+        if let Some(from) = self.call.from_number.clone().or(from_user) {
+            params.insert("from_number".to_string(), from);
+        }
+        if let Some(to) = &self.call.to_number {
+            params.insert("to_number".to_string(), to.clone());
+        }
+        if let Some(metadata) = &self.call.metadata {
+            params.insert("metadata".to_string(), metadata.to_string());
+        }
+        if let Some(vars) = &self.call.retell_llm_dynamic_variables {
+            for (k, v) in vars {
+                params.insert(k.clone(), v.clone());
+            }
+        }
+        for (name, value) in self.invite.headers.iter() {
+            if name.len() > 2 && name[..2].eq_ignore_ascii_case("x-") {
+                params.insert(name.to_string(), value.to_string());
+            }
+        }
+        StartInfo {
+            call_id: self.call.call_id.clone(),
+            stream_sid: String::new(),
+            account_sid: String::new(),
+            custom_parameters: params,
+        }
+    }
+
+    /// Retransmits our 2xx until its ACK (T1 doubling to T2, over UDP only) and gives up
+    /// after 64·T1. Returns the media description to start with.
+    async fn wait_for_ack(
+        &mut self,
+        engine: &Engine,
+        inputs: &mut mpsc::Receiver<CallInput>,
+        ok: Response,
+    ) -> Result<Negotiated, Ending> {
+        let timers = engine.inner.settings.timers;
+        let reliable = self.kind.is_reliable();
+        let give_up = tokio::time::Instant::now() + timers.t1 * 64;
+        let mut interval = timers.t1;
+        let mut next = tokio::time::Instant::now() + interval;
+        loop {
+            tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(CallInput::Ack(ack)) => return self.media_after_ack(&ack),
+                    Some(CallInput::Request(req, tx)) if req.method == Method::Bye => {
+                        tx.respond(Response::for_request(&req, 200, "OK", None));
+                        return Err(Ending { reason: DisconnectionReason::UserHangup, send_bye: false });
+                    }
+                    Some(CallInput::Request(req, tx)) => {
+                        // RFC 3261 §14.2: no new offer before the first completes.
+                        tx.respond(Response::for_request(&req, 491, "Request Pending", None));
+                    }
+                    Some(CallInput::Stop) => {
+                        return Err(Ending { reason: DisconnectionReason::ManualStopped, send_bye: true });
+                    }
+                    None => return Err(Ending { reason: DisconnectionReason::ErrorUnknown, send_bye: true }),
+                },
+                _ = tokio::time::sleep_until(next), if !reliable => {
+                    if tokio::time::Instant::now() >= give_up {
+                        warn!("no ACK for our 200 within 64*T1; ending the call");
+                        return Err(Ending { reason: DisconnectionReason::ErrorUnknown, send_bye: true });
+                    }
+                    self.tx.respond(ok.clone());
+                    interval = (interval * 2).min(timers.t2);
+                    next = tokio::time::Instant::now() + interval;
+                }
+                _ = tokio::time::sleep_until(give_up), if reliable => {
+                    warn!("no ACK for our 200 within 64*T1; ending the call");
+                    return Err(Ending { reason: DisconnectionReason::ErrorUnknown, send_bye: true });
+                }
+            }
+        }
+    }
+
+    /// The negotiated media once the ACK is in: our answer's, or the one the ACK's answer
+    /// to our offer gives.
+    fn media_after_ack(&mut self, ack: &Request) -> Result<Negotiated, Ending> {
+        if let Some(answer) = &self.answer {
+            return Ok(answer.negotiated.clone());
+        }
+        let fail = Ending {
+            reason: DisconnectionReason::ErrorUnknown,
+            send_bye: true,
+        };
+        let Some(offer) = &self.offer_sent else {
+            return Err(fail);
+        };
+        let answer = Sdp::parse(&ack.body).map_err(|err| {
+            warn!(%err, "ACK carried no usable SDP answer");
+            Ending {
+                reason: DisconnectionReason::ErrorUnknown,
+                send_bye: true,
+            }
+        })?;
+        sdp::accept_answer(offer, &answer).map_err(|err| {
+            warn!(%err, "SDP answer in the ACK does not fit our offer");
+            fail
+        })
+    }
+
+    /// The connected call: media runs in its own task; this waits for whatever ends it.
+    async fn connected(
+        &mut self,
+        engine: &Engine,
+        inputs: &mut mpsc::Receiver<CallInput>,
+        mut media: MediaHandle,
+        max_duration: Duration,
+    ) -> Ending {
+        let deadline = tokio::time::sleep(max_duration);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                outcome = &mut media.done => {
+                    let reason = match outcome {
+                        Ok(outcome) => outcome.reason.unwrap_or(DisconnectionReason::ErrorUnknown),
+                        Err(err) => {
+                            warn!(%err, "media task failed");
+                            DisconnectionReason::ErrorUnknown
+                        }
+                    };
+                    return Ending { reason, send_bye: true };
+                }
+                _ = &mut deadline => {
+                    self.stop_media(&mut media).await;
+                    return Ending { reason: DisconnectionReason::MaxDurationReached, send_bye: true };
+                }
+                input = inputs.recv() => match input {
+                    Some(CallInput::Stop) | None => {
+                        self.stop_media(&mut media).await;
+                        return Ending { reason: DisconnectionReason::ManualStopped, send_bye: true };
+                    }
+                    Some(CallInput::Ack(_)) => {}
+                    Some(CallInput::Request(req, tx)) => {
+                        if let Some(cseq) = req.cseq() {
+                            if !self.dialog.accept_remote_cseq(cseq.seq) {
+                                tx.respond(Response::for_request(&req, 500, "Server Internal Error (CSeq out of order)", None));
+                                continue;
+                            }
+                        }
+                        match req.method {
+                            Method::Bye => {
+                                tx.respond(Response::for_request(&req, 200, "OK", None));
+                                self.stop_media(&mut media).await;
+                                return Ending { reason: DisconnectionReason::UserHangup, send_bye: false };
+                            }
+                            Method::Invite | Method::Update => self.renegotiate(engine, &req, &tx, &media).await,
+                            _ => tx.respond(Response::for_request(&req, 200, "OK", None)),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A re-INVITE or UPDATE: answer its offer on the same port (hold and unhold included)
+    /// and tell the media task. Without an offer, our current description is the answer.
+    async fn renegotiate(&mut self, engine: &Engine, req: &Request, tx: &ServerTxHandle, media: &MediaHandle) {
+        self.local.session_version += 1;
+        let contact = engine.inner.endpoint.contact(self.kind);
+        let mut ok = Response::for_request(req, 200, "OK", None);
+        ok.headers.push("Contact", contact.as_str());
+        ok.headers.push("Allow", ALLOW);
+        if req.body.is_empty() {
+            ok.headers.push("Content-Type", "application/sdp");
+            ok.body = Bytes::from(sdp::offer(&self.local).to_string());
+            tx.respond(ok);
+            return;
+        }
+        let answer = Sdp::parse(&req.body)
+            .map_err(|e| e.to_string())
+            .and_then(|offer| sdp::answer(&offer, &self.local).map_err(|e| e.to_string()));
+        match answer {
+            Ok(answer) => {
+                ok.headers.push("Content-Type", "application/sdp");
+                ok.body = Bytes::from(answer.sdp.to_string());
+                tx.respond(ok);
+                info!(hold = answer.negotiated.remote_hold, codec = answer.negotiated.codec.encoding_name(), "media renegotiated");
+                let _ = media.commands.try_send(MediaCommand::Update(answer.negotiated.clone()));
+                self.answer = Some(answer);
+            }
+            Err(err) => {
+                debug!(%err, "re-offer not acceptable; keeping the current media");
+                let mut resp = Response::for_request(req, 488, "Not Acceptable Here", None);
+                resp.headers.push("Warning", "304 dialtone \"offer not acceptable\"");
+                tx.respond(resp);
+            }
+        }
+    }
+
+    async fn stop_media(&self, media: &mut MediaHandle) {
+        let _ = media.commands.try_send(MediaCommand::Stop);
+        // The media task sends `stop` to the agent and closes; give it a moment.
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut media.done).await;
+    }
+
+    /// Sends BYE when we still owe one, and records the end.
+    async fn end(&mut self, engine: &Engine, ending: Ending) {
+        let mut status = None;
+        if ending.send_bye {
+            let contact = engine.inner.endpoint.contact(self.kind);
+            let mut bye = self.dialog.request(Method::Bye, &contact, None);
+            bye.headers.push("Reason", format!("SIP;cause=200;text=\"{}\"", ending.reason.as_str()));
+            match engine.inner.endpoint.request(bye, self.dialog.flow).await {
+                Ok(resp) => status = Some(resp.status),
+                Err(err) => debug!(%err, "BYE got no final response"),
+            }
+        }
+        engine.finish(&self.call.call_id, ending.reason, status).await;
+    }
+}
+
+/// Resolves true on a stop-call, false when the channel closed; ignores other input
+/// (nothing else can arrive before the dialog is confirmed).
+async fn wait_for_stop(inputs: &mut mpsc::Receiver<CallInput>) -> bool {
+    loop {
+        match inputs.recv().await {
+            Some(CallInput::Stop) => return true,
+            Some(CallInput::Request(req, tx)) => {
+                tx.respond(Response::for_request(&req, 491, "Request Pending", None));
+            }
+            Some(CallInput::Ack(_)) => {}
+            None => return false,
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The official Retell Python SDK against the real binary: `tests/sdk/test_sdk.py` must
+//! pass unchanged but for `base_url`. Needs `python3` with the SDK installed
+//! (`pip install -r tests/sdk/requirements.txt`); without it the test fails and says so.
+
+mod common_api;
+
+use std::process::Command;
+
+#[test]
+fn official_retell_sdk_drives_the_api() {
+    let probe = Command::new("python3")
+        .args(["-c", "import retell; print(retell.__version__)"])
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => {
+            eprintln!("retell-sdk {}", String::from_utf8_lossy(&out.stdout).trim());
+        }
+        _ => panic!(
+            "python3 with the Retell SDK is needed: pip install -r tests/sdk/requirements.txt"
+        ),
+    }
+    let server = common_api::Server::start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/test_sdk.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .env("DIALTONE_BASE_URL", &server.base_url)
+        .env("DIALTONE_API_KEY", &server.key)
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}{stderr}");
+    assert!(out.status.success(), "SDK script failed");
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+    assert!(server.db_path.exists(), "the database file was created");
+}
