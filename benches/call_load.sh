@@ -213,8 +213,8 @@ for N in "${NS[@]}"; do
     CPU_PCT=$(python3 -c "print(f'{($T2-$T1)/$CLK_TCK/($W2-$W1)*100:.1f}')")
     CPU_PER_CALL=$(python3 -c "print(f'{($T2-$T1)/$CLK_TCK/($W2-$W1)*100/$N:.3f}')")
     RSS_PER_CALL=$(python3 -c "print(f'{($RSS_BUSY-$RSS_IDLE)/$N:.0f}')")
-    SENT=$(awk '/packets received by filter/ {print $1}' "$DIR/td_sent.txt")
-    BACK=$(awk '/packets received by filter/ {print $1}' "$DIR/td_back.txt")
+    SENT=$(awk '/packets captured/ {print $1}' "$DIR/td_sent.txt")
+    BACK=$(awk '/packets captured/ {print $1}' "$DIR/td_back.txt")
     KDROP=$(awk '/dropped by kernel/ {s += $1} END {print s + 0}' "$DIR/td_sent.txt" "$DIR/td_back.txt")
     RECEIVED=$(sum_metric "$DIR/metrics.txt" '^dialtone_(media_)?rtp_(packets_)?(received|in)(_packets)?_total')
     if [ -n "$RECEIVED" ] && [ -n "$SENT" ]; then
