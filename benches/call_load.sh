@@ -216,13 +216,13 @@ for N in "${NS[@]}"; do
     SENT=$(awk '/packets captured/ {print $1}' "$DIR/td_sent.txt")
     BACK=$(awk '/packets captured/ {print $1}' "$DIR/td_back.txt")
     KDROP=$(awk '/dropped by kernel/ {s += $1} END {print s + 0}' "$DIR/td_sent.txt" "$DIR/td_back.txt")
-    RECEIVED=$(sum_metric "$DIR/metrics.txt" '^dialtone_(media_)?rtp_(packets_)?(received|in)(_packets)?_total')
+    RECEIVED=$(sum_metric "$DIR/metrics.txt" '^dialtone_media_packets_total[{]direction="in"[}]')
     if [ -n "$RECEIVED" ] && [ -n "$SENT" ]; then
         LOST="$((SENT - RECEIVED)) of $SENT"
     else
         LOST="n/a (sent $SENT)"
     fi
-    JB_LOST=$(sum_metric "$DIR/metrics.txt" '^dialtone_.*(lost|late|dropped).*_total')
+    JB_LOST=$(sum_metric "$DIR/metrics.txt" '^dialtone_(media_dropped|agent_frames_dropped)_total')
     read -r R50 R99 RCOUNT < <(metric_percentiles "$DIR/metrics_busy.txt" dialtone_media_rtp_to_agent_seconds)
     RTT_FILES=("$DIR"/*_rtt.csv)
     if [ -e "${RTT_FILES[0]}" ]; then
@@ -239,6 +239,6 @@ done
 echo
 echo "dialtone load: $(nproc) cores, ${HOLD_S} s per call, PCMU both ways through /agents/echo (mulaw_8000), set-up rate ${RATE}/s"
 echo
-echo "| N | calls ok / failed | CPU % of a core | CPU %/call | RSS MiB idle → busy | RSS KiB/call | RTP lost (sent − counted in) | dialtone lost/late/dropped counters | RTP back to SIPp | tcpdump kernel drops | RTP→ws p50/p99 ms | INVITE→200 p50/p99 ms |"
+echo "| N | calls ok / failed | CPU % of a core | CPU %/call | RSS MiB idle → busy | RSS KiB/call | RTP lost (sent − counted in) | dialtone media/agent dropped counters | RTP back to SIPp | tcpdump kernel drops | RTP→ws p50/p99 ms | INVITE→200 p50/p99 ms |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for r in "${ROWS[@]}"; do echo "$r"; done
