@@ -73,3 +73,25 @@ pub fn agent_frames_dropped(n: u64) {
 pub fn agent_corrupt_frame() {
     counter!("dialtone_agent_corrupt_frames_total").increment(1);
 }
+
+/// A media input dropped, by cause (`malformed`, `payload_type`, `foreign_source`, ...).
+/// Returns a handle so a media task resolves each series once, not per packet.
+pub fn media_drop_counter(cause: &'static str) -> metrics::Counter {
+    counter!("dialtone_media_dropped_total", "cause" => cause)
+}
+
+/// RTP packets, `direction` `in` (accepted) or `out` (sent). A handle, as above.
+pub fn media_packets_counter(direction: &'static str) -> metrics::Counter {
+    counter!("dialtone_media_packets_total", "direction" => direction)
+}
+
+/// Time from an RTP packet's arrival to its audio being handed to the agent bridge: jitter
+/// buffering, tick alignment and transcoding. The figure the media benchmark reports.
+pub fn media_rtp_to_agent_histogram() -> metrics::Histogram {
+    metrics::histogram!("dialtone_media_rtp_to_agent_seconds")
+}
+
+/// Live media sessions (one per answered call).
+pub fn media_sessions(delta: f64) {
+    gauge!("dialtone_media_sessions").increment(delta);
+}

@@ -12,9 +12,10 @@ use tracing::{info, warn};
 
 use std::sync::Arc;
 
-use crate::call::NoLiveCalls;
+use crate::call::engine::{Engine, EngineSettings};
 use crate::config::Settings;
 use crate::http;
+use crate::media::ports::PortPool;
 use crate::metrics;
 use crate::sip::endpoint::{self, Endpoint};
 use crate::sip::transport::{Kind, Transports};
@@ -34,6 +35,7 @@ pub enum Stop {
 
 /// A running server, for `main` and for tests that embed it.
 pub struct Running {
+    pub engine: Engine,
     pub endpoint: Endpoint,
     pub transports: Transports,
     pub http_addr: Option<std::net::SocketAddr>,
@@ -59,6 +61,25 @@ pub enum StartError {
     },
 }
 
+/// The host part handed out in `sip:{call_id}@host`: the public host, with the SIP port
+/// when it is not the default 5060.
+fn sip_uri_host(settings: &Settings, transports: &Transports) -> String {
+    let host = &settings.sip.public_host;
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    let port = transports
+        .local_addr(Kind::Udp)
+        .or_else(|| transports.local_addr(Kind::Tcp))
+        .map(|a| a.port());
+    match port {
+        Some(port) if port != 5060 => format!("{host}:{port}"),
+        _ => host,
+    }
+}
+
 /// Binds every listener the configuration asks for and starts serving.
 pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let store = Store::connect(&settings.database.url).await?;
@@ -79,6 +100,26 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(endpoint.clone().run(inbound_rx, shutdown_rx.clone()));
     endpoint::log_listening(&transports);
+
+    let media_ip = settings
+        .media
+        .public_ip
+        .or_else(|| settings.sip.public_host.parse().ok());
+    let bind_ip = match media_ip {
+        Some(std::net::IpAddr::V6(_)) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        _ => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    };
+    let engine = Engine::new(
+        endpoint.clone(),
+        store.clone(),
+        PortPool::new(settings.media.rtp_ports, bind_ip),
+        EngineSettings {
+            calls: settings.calls.clone(),
+            timers: settings.sip.timers,
+            media_ip,
+        },
+    );
+    endpoint.set_handler(Arc::new(engine.clone()));
     tasks.spawn({
         let sweeper = store::spawn_registration_sweeper(
             store.clone(),
@@ -100,9 +141,8 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         http_addr = listener.local_addr().ok();
         let services = http::ApiServices {
             store: store.clone(),
-            // The call engine replaces this once it is wired in.
-            calls: Arc::new(NoLiveCalls),
-            public_host: settings.sip.public_host.clone(),
+            calls: Arc::new(engine.clone()),
+            public_host: sip_uri_host(settings, &transports),
             registered_call_timeout: settings.calls.registered_call_timeout,
         };
         let state = http::AppState::new(&settings.api.keys, prometheus, draining_rx, services);
@@ -121,6 +161,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         warn!("no SIP transport is enabled (sip.udp, sip.tcp and sip.tls are all empty)");
     }
     Ok(Running {
+        engine,
         endpoint,
         transports,
         http_addr,
@@ -143,7 +184,17 @@ impl Running {
                 grace_ms = self.grace.as_millis() as u64,
                 "draining: new transactions get 503"
             );
-            match tokio::time::timeout(self.grace, self.endpoint.wait_idle()).await {
+            let engine = self.engine.clone();
+            let endpoint = self.endpoint.clone();
+            let idle = async move {
+                endpoint.wait_idle().await;
+                // Live calls end on their own (BYE, agent hangup, timeouts); wait for them.
+                while engine.live_calls() > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                endpoint.wait_idle().await;
+            };
+            match tokio::time::timeout(self.grace, idle).await {
                 Ok(()) => info!("drained: no transaction in flight"),
                 Err(_) => warn!(
                     in_flight = self.endpoint.in_flight(),

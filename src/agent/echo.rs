@@ -253,7 +253,8 @@ mod tests {
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
             .build_recorder()
             .handle();
-        let state = AppState::new(&[], handle, stop_rx.clone());
+        let services = crate::http::tests::services().await;
+        let state = AppState::new(&[], handle, stop_rx.clone(), services);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}/agents/echo", listener.local_addr().unwrap());
         tokio::spawn(crate::http::serve(listener, state, stop_rx));

@@ -42,7 +42,9 @@ enum CallInput {
 
 impl std::fmt::Debug for ServerTxHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTxHandle").field("target", &self.target()).finish()
+        f.debug_struct("ServerTxHandle")
+            .field("target", &self.target())
+            .finish()
     }
 }
 
@@ -85,7 +87,12 @@ fn now_ms() -> i64 {
 }
 
 impl Engine {
-    pub fn new(endpoint: Endpoint, store: Store, ports: PortPool, settings: EngineSettings) -> Engine {
+    pub fn new(
+        endpoint: Endpoint,
+        store: Store,
+        ports: PortPool,
+        settings: EngineSettings,
+    ) -> Engine {
         Engine {
             inner: Arc::new(Inner {
                 endpoint,
@@ -111,7 +118,12 @@ impl Handler for Engine {
         tokio::spawn(async move { engine.inbound_call(req, tx, from).await }.instrument(span));
     }
 
-    fn on_in_dialog(&self, req: Request, tx: ServerTxHandle, _from: Inbound) -> Result<(), (Request, ServerTxHandle)> {
+    fn on_in_dialog(
+        &self,
+        req: Request,
+        tx: ServerTxHandle,
+        _from: Inbound,
+    ) -> Result<(), (Request, ServerTxHandle)> {
         let Some(key) = DialogKey::of_request(&req) else {
             return Err((req, tx));
         };
@@ -120,7 +132,9 @@ impl Handler for Engine {
             Some(call) => match call.try_send(CallInput::Request(req, tx)) {
                 Ok(()) => Ok(()),
                 Err(mpsc::error::TrySendError::Full(CallInput::Request(req, tx)))
-                | Err(mpsc::error::TrySendError::Closed(CallInput::Request(req, tx))) => Err((req, tx)),
+                | Err(mpsc::error::TrySendError::Closed(CallInput::Request(req, tx))) => {
+                    Err((req, tx))
+                }
                 Err(_) => Ok(()),
             },
             None => Err((req, tx)),
@@ -155,7 +169,8 @@ impl CallControl for Engine {
 fn reject(tx: &ServerTxHandle, req: &Request, status: u16, reason: &str) {
     let mut resp = Response::for_request(req, status, reason, Some(&new_tag()));
     if status == 488 {
-        resp.headers.push("Warning", "304 dialtone \"no common codec\"");
+        resp.headers
+            .push("Warning", "304 dialtone \"no common codec\"");
     }
     tx.respond(resp);
 }
@@ -230,11 +245,20 @@ impl Engine {
             },
             None => None,
         };
-        let call = match self.inner.store.claim_registered_call(&call.call_id, now_ms()).await {
-            Ok(Claim::Claimed(call)) => call,
+        let call = match self
+            .inner
+            .store
+            .claim_registered_call(&call.call_id, now_ms())
+            .await
+        {
+            Ok(Claim::Claimed(call)) => *call,
             Ok(Claim::Unknown) => return reject(&tx, &invite, 404, "Not Found"),
-            Ok(Claim::AlreadyClaimed) => return reject(&tx, &invite, 486, "Busy Here (call already answered)"),
-            Ok(Claim::Expired) => return reject(&tx, &invite, 404, "Not Found (registration expired)"),
+            Ok(Claim::AlreadyClaimed) => {
+                return reject(&tx, &invite, 486, "Busy Here (call already answered)")
+            }
+            Ok(Claim::Expired) => {
+                return reject(&tx, &invite, 404, "Not Found (registration expired)")
+            }
             Err(err) => {
                 warn!(%err, "store unavailable while claiming a call");
                 return reject(&tx, &invite, 503, "Service Unavailable");
@@ -248,7 +272,8 @@ impl Engine {
             Err(err) => {
                 reject(&tx, &invite, 400, "Bad Request (no dialog)");
                 debug!(%err, "INVITE cannot make a dialog");
-                self.finish(&call.call_id, DisconnectionReason::ErrorUnknown, Some(400)).await;
+                self.finish(&call.call_id, DisconnectionReason::ErrorUnknown, Some(400))
+                    .await;
                 return;
             }
         };
@@ -287,9 +312,16 @@ impl Engine {
     }
 
     async fn finish(&self, call_id: &str, reason: DisconnectionReason, sip_status: Option<u16>) {
-        match self.inner.store.finish_call(call_id, reason, now_ms(), sip_status).await {
+        match self
+            .inner
+            .store
+            .finish_call(call_id, reason, now_ms(), sip_status)
+            .await
+        {
             Ok(_) => info!(call_id, reason = reason.as_str(), "call ended"),
-            Err(err) => warn!(%err, call_id, reason = reason.as_str(), "could not record the end of a call"),
+            Err(err) => {
+                warn!(%err, call_id, reason = reason.as_str(), "could not record the end of a call")
+            }
         }
     }
 }
@@ -311,7 +343,12 @@ struct CallSetup {
 
 impl CallSetup {
     fn response(&self, status: u16, reason: &str, contact: &str) -> Response {
-        let mut resp = Response::for_request(&self.invite, status, reason, Some(&self.dialog.key.local_tag));
+        let mut resp = Response::for_request(
+            &self.invite,
+            status,
+            reason,
+            Some(&self.dialog.key.local_tag),
+        );
         if status > 100 && status < 300 {
             resp.headers.push("Contact", contact);
         }
@@ -326,8 +363,15 @@ impl CallSetup {
             Ok(Some(agent)) => agent,
             Ok(None) | Err(_) => {
                 warn!(agent_id = %self.call.agent_id, "agent of a registered call is gone");
-                self.tx.respond(self.response(480, "Temporarily Unavailable (no agent)", &contact));
-                engine.finish(&self.call.call_id, DisconnectionReason::ErrorLlmWebsocketOpen, Some(480)).await;
+                self.tx
+                    .respond(self.response(480, "Temporarily Unavailable (no agent)", &contact));
+                engine
+                    .finish(
+                        &self.call.call_id,
+                        DisconnectionReason::ErrorLlmWebsocketOpen,
+                        Some(480),
+                    )
+                    .await;
                 return;
             }
         };
@@ -358,8 +402,18 @@ impl CallSetup {
             Ok(link) => link,
             Err(err) => {
                 warn!(%err, "agent websocket did not open; refusing the call");
-                self.tx.respond(self.response(480, "Temporarily Unavailable (agent unreachable)", &contact));
-                engine.finish(&self.call.call_id, DisconnectionReason::ErrorLlmWebsocketOpen, Some(480)).await;
+                self.tx.respond(self.response(
+                    480,
+                    "Temporarily Unavailable (agent unreachable)",
+                    &contact,
+                ));
+                engine
+                    .finish(
+                        &self.call.call_id,
+                        DisconnectionReason::ErrorLlmWebsocketOpen,
+                        Some(480),
+                    )
+                    .await;
                 return;
             }
         };
@@ -380,20 +434,39 @@ impl CallSetup {
         ok.body = Bytes::from(body);
         self.tx.respond(ok.clone());
         let answered_at = now_ms();
-        let codec = self.answer.as_ref().map(|a| a.negotiated.codec.encoding_name().to_string());
-        if let Err(err) = engine
+        let codec = self
+            .answer
+            .as_ref()
+            .map(|a| a.negotiated.codec.encoding_name())
+            .unwrap_or("");
+        let telephony_id = self
+            .invite
+            .call_id()
+            .map(|c| serde_json::json!({ "sip_call_id": c }));
+        match engine
             .inner
             .store
             .mark_ongoing(
                 &self.call.call_id,
                 answered_at,
-                codec.as_deref(),
-                self.invite.call_id().map(|c| serde_json::json!({ "sip_call_id": c })),
+                codec,
+                telephony_id.as_ref(),
                 Some(200),
             )
             .await
         {
-            warn!(%err, "could not record the answer");
+            Ok(true) => {}
+            // Stopped or ended through the API while it was being set up.
+            Ok(false) => {
+                let _ = link.to_agent.try_send(crate::agent::ToAgent::Stop);
+                let ending = Ending {
+                    reason: DisconnectionReason::ManualStopped,
+                    send_bye: true,
+                };
+                self.end(&engine, ending).await;
+                return;
+            }
+            Err(err) => warn!(%err, "could not record the answer"),
         }
 
         // Wait for the ACK, retransmitting the 2xx over UDP (RFC 3261 §13.3.1.4). The
@@ -416,7 +489,9 @@ impl CallSetup {
                 negotiated,
                 agent_encoding: agent.response_engine.audio_encoding,
                 no_audio_timeout: engine.inner.settings.calls.no_audio_timeout,
-                inactivity_timeout: Duration::from_millis(agent.end_call_after_silence_ms.max(1000) as u64),
+                inactivity_timeout: Duration::from_millis(
+                    agent.end_call_after_silence_ms.max(1000) as u64,
+                ),
                 hangup_drain_cap: engine.inner.settings.calls.hangup_drain,
                 ssrc: rand::random(),
                 cname: format!("dialtone-{}", self.call.call_id),
@@ -424,7 +499,9 @@ impl CallSetup {
             link,
         );
         let max_duration = Duration::from_millis(agent.max_call_duration_ms.max(1000) as u64);
-        let ending = self.connected(&engine, &mut inputs, media, max_duration).await;
+        let ending = self
+            .connected(&engine, &mut inputs, media, max_duration)
+            .await;
         self.end(&engine, ending).await;
     }
 
@@ -432,7 +509,10 @@ impl CallSetup {
         let mut params = BTreeMap::new();
         params.insert("call_id".to_string(), self.call.call_id.clone());
         params.insert("agent_id".to_string(), agent.agent_id.clone());
-        params.insert("direction".to_string(), self.call.direction.as_str().to_string());
+        params.insert(
+            "direction".to_string(),
+            self.call.direction.as_str().to_string(),
+        );
         let from_user = self
             .invite
             .headers
@@ -596,7 +676,13 @@ impl CallSetup {
 
     /// A re-INVITE or UPDATE: answer its offer on the same port (hold and unhold included)
     /// and tell the media task. Without an offer, our current description is the answer.
-    async fn renegotiate(&mut self, engine: &Engine, req: &Request, tx: &ServerTxHandle, media: &MediaHandle) {
+    async fn renegotiate(
+        &mut self,
+        engine: &Engine,
+        req: &Request,
+        tx: &ServerTxHandle,
+        media: &MediaHandle,
+    ) {
         self.local.session_version += 1;
         let contact = engine.inner.endpoint.contact(self.kind);
         let mut ok = Response::for_request(req, 200, "OK", None);
@@ -616,14 +702,21 @@ impl CallSetup {
                 ok.headers.push("Content-Type", "application/sdp");
                 ok.body = Bytes::from(answer.sdp.to_string());
                 tx.respond(ok);
-                info!(hold = answer.negotiated.remote_hold, codec = answer.negotiated.codec.encoding_name(), "media renegotiated");
-                let _ = media.commands.try_send(MediaCommand::Update(answer.negotiated.clone()));
+                info!(
+                    hold = answer.negotiated.remote_hold,
+                    codec = answer.negotiated.codec.encoding_name(),
+                    "media renegotiated"
+                );
+                let _ = media
+                    .commands
+                    .try_send(MediaCommand::Update(answer.negotiated.clone()));
                 self.answer = Some(answer);
             }
             Err(err) => {
                 debug!(%err, "re-offer not acceptable; keeping the current media");
                 let mut resp = Response::for_request(req, 488, "Not Acceptable Here", None);
-                resp.headers.push("Warning", "304 dialtone \"offer not acceptable\"");
+                resp.headers
+                    .push("Warning", "304 dialtone \"offer not acceptable\"");
                 tx.respond(resp);
             }
         }
@@ -641,13 +734,18 @@ impl CallSetup {
         if ending.send_bye {
             let contact = engine.inner.endpoint.contact(self.kind);
             let mut bye = self.dialog.request(Method::Bye, &contact, None);
-            bye.headers.push("Reason", format!("SIP;cause=200;text=\"{}\"", ending.reason.as_str()));
+            bye.headers.push(
+                "Reason",
+                format!("SIP;cause=200;text=\"{}\"", ending.reason.as_str()),
+            );
             match engine.inner.endpoint.request(bye, self.dialog.flow).await {
                 Ok(resp) => status = Some(resp.status),
                 Err(err) => debug!(%err, "BYE got no final response"),
             }
         }
-        engine.finish(&self.call.call_id, ending.reason, status).await;
+        engine
+            .finish(&self.call.call_id, ending.reason, status)
+            .await;
     }
 }
 

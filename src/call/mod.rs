@@ -1,5 +1,6 @@
 //! Calls: the records they are made of, and (with the call engine) how they live and end.
 
+pub mod engine;
 pub mod model;
 
 /// What the HTTP API may ask of live calls. The call engine implements it; the API holds

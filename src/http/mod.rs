@@ -215,4 +215,4 @@ async fn count_requests(request: Request, next: Next) -> Response {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

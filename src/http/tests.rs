@@ -19,7 +19,7 @@ fn fresh_handle() -> PrometheusHandle {
 }
 
 /// API services on a private in-memory database, no live calls.
-pub(super) async fn services() -> ApiServices {
+pub(crate) async fn services() -> ApiServices {
     ApiServices {
         store: crate::store::Store::connect("sqlite::memory:")
             .await

@@ -9,11 +9,16 @@
 //! state per call, so the per-packet path never allocates. Where caller and agent are
 //! both μ-law 8 kHz no transcoding is needed; PCMA ↔ μ-law is a table lookup per byte
 //! ([`codec::g711::transcode_alaw_to_ulaw`]).
+//!
+//! [`session`] is the per-call task that drives all of these between the call's RTP socket
+//! pair (from the [`ports`] pool) and the agent bridge's channels.
 
 pub mod codec;
 pub mod dtmf;
 pub mod jitter;
 pub mod playout;
+pub mod ports;
 pub mod resample;
 pub mod rtcp;
 pub mod rtp;
+pub mod session;

@@ -45,7 +45,7 @@ enum TxInput {
     /// A CANCEL matched this INVITE transaction: answer 487 unless a final was sent.
     Cancel,
     /// The transaction user's response.
-    Respond(Response),
+    Respond(Box<Response>),
 }
 
 /// The transaction user that serves calls: the call engine. The endpoint has already
@@ -55,6 +55,8 @@ pub trait Handler: Send + Sync + 'static {
     fn on_invite(&self, req: Request, tx: ServerTxHandle, from: Inbound);
     /// A request inside a dialog (To tag present): BYE, re-INVITE, UPDATE, INFO, OPTIONS.
     /// Give it back when no dialog matches; the endpoint answers 481.
+    // The Err path hands ownership back, at most once per request; boxing buys nothing.
+    #[allow(clippy::result_large_err)]
     fn on_in_dialog(
         &self,
         req: Request,
@@ -76,7 +78,11 @@ impl ServerTxHandle {
     /// Sends a response through the transaction (which retransmits it as the RFC says).
     /// A response after the transaction ended is dropped: its peer has gone.
     pub fn respond(&self, resp: Response) {
-        if self.input.try_send(TxInput::Respond(resp)).is_err() {
+        if self
+            .input
+            .try_send(TxInput::Respond(Box::new(resp)))
+            .is_err()
+        {
             debug!("response for an ended or flooded transaction dropped");
         }
     }
@@ -207,19 +213,17 @@ impl Endpoint {
         if let Some(cause) = msg.framing_error {
             metrics::drop(cause.cause(), transport);
             debug!(source = %msg.source, %cause, "stream framing error; closing connection");
-            // Answer from the header block when it holds a request we can reply to.
-            match message::parse(&msg.data, &self.inner.limits) {
-                Err(err) => self.reply_to_error(&msg, err).await,
-                Ok(SipMessage::Request(req)) if req.method != Method::Ack && answerable(&req) => {
-                    let resp = Response::for_request(
-                        &req,
-                        400,
-                        cause_phrase(cause.cause()),
-                        Some(&new_tag()),
-                    );
-                    self.send_stateless(&msg, resp).await;
-                }
-                Ok(_) => {}
+            // Answer from the header block when it holds a request we can reply to. The body
+            // never arrived, so the block itself may fail to parse; what it held still counts.
+            let req = match message::parse(&msg.data, &self.inner.limits) {
+                Ok(SipMessage::Request(req)) => Some(req),
+                Ok(SipMessage::Response(_)) => None,
+                Err(err) => err.request.map(|r| *r),
+            };
+            if let Some(req) = req.filter(|r| r.method != Method::Ack && answerable(r)) {
+                let (status, reason) = framing_answer(cause);
+                let resp = Response::for_request(&req, status, reason, Some(&new_tag()));
+                self.send_stateless(&msg, resp).await;
             }
             return;
         }
@@ -562,7 +566,8 @@ impl Endpoint {
             key,
             machine,
             target: response_target(msg),
-            request: req.clone(),
+            // Kept for INVITEs only: a CANCEL's 487 is built from it.
+            invite: is_invite.then(|| Box::new(req.clone())),
             cancelled: cancelled_tx,
             to_tag: None,
             holds_shutdown: !*self.inner.draining.borrow(),
@@ -570,7 +575,7 @@ impl Endpoint {
         };
         if is_invite {
             let trying = Response::for_request(req, 100, "Trying", None);
-            let _ = tx.try_send(TxInput::Respond(trying));
+            let _ = tx.try_send(TxInput::Respond(Box::new(trying)));
         }
         tokio::spawn(task.run(rx));
         Some(ServerTxHandle {
@@ -602,19 +607,21 @@ impl Endpoint {
     }
 }
 
-/// A request can be answered only if it carries what a response must copy.
+/// A request can be answered only if a response can be routed: it needs a top Via. What
+/// else a response copies (From, To, Call-ID, CSeq) is copied when present.
 fn answerable(req: &Request) -> bool {
     req.top_via().is_some()
-        && req.headers.get("From").is_some()
-        && req.headers.get("To").is_some()
-        && req.headers.get("Call-ID").is_some()
-        && req.cseq().is_some()
 }
 
-fn cause_phrase(cause: &str) -> &'static str {
+fn framing_answer(cause: crate::sip::framing::FrameError) -> (u16, &'static str) {
     match cause {
-        "too_large" => "Message Too Large",
-        _ => "Bad Request",
+        crate::sip::framing::FrameError::TooLarge => (513, "Message Too Large"),
+        crate::sip::framing::FrameError::BadContentLength => {
+            (400, "Bad Request (bad_content_length)")
+        }
+        crate::sip::framing::FrameError::ConflictingContentLength => {
+            (400, "Bad Request (conflicting_content_length)")
+        }
     }
 }
 
@@ -796,7 +803,7 @@ struct TxTask {
     key: ServerKey,
     machine: ServerTx,
     target: Target,
-    request: Request,
+    invite: Option<Box<Request>>,
     /// Tells the TU that a CANCEL arrived.
     cancelled: watch::Sender<bool>,
     /// The To tag of the responses sent so far, reused by a 487 (RFC 3261 §9.2).
@@ -864,15 +871,14 @@ impl TxTask {
                 }
             }
             TxInput::Cancel => {
-                if !self.final_sent() {
+                if let Some(invite) = self.invite.as_deref().filter(|_| !self.final_sent()) {
                     let tag = self.to_tag.clone().unwrap_or_else(new_tag);
-                    let resp =
-                        Response::for_request(&self.request, 487, "Request Terminated", Some(&tag));
+                    let resp = Response::for_request(invite, 487, "Request Terminated", Some(&tag));
                     self.respond(now, resp);
                     let _ = self.cancelled.send(true);
                 }
             }
-            TxInput::Respond(resp) => self.respond(now, resp),
+            TxInput::Respond(resp) => self.respond(now, *resp),
         }
     }
 
@@ -914,7 +920,7 @@ impl TxTask {
             debug!(
                 ?event,
                 transport,
-                call_id = self.request.call_id().unwrap_or(""),
+                call_id = self.invite.as_ref().and_then(|r| r.call_id()).unwrap_or(""),
                 "transaction event"
             );
         }

@@ -788,14 +788,16 @@ struct Lexed {
 }
 
 /// Returns the line starting at `pos` without its terminator (LF, or CRLF), the offset
-/// after it, and whether a terminator was found.
+/// after it, and whether it ended in a bare LF (no CR before it).
 fn next_line(buf: &[u8], pos: usize) -> (&[u8], usize, bool) {
     let rest = buf.get(pos..).unwrap_or(&[]);
     match rest.iter().position(|&c| c == b'\n') {
         Some(nl) => {
             let line = &rest[..nl];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            (line, pos + nl + 1, true)
+            match line.strip_suffix(b"\r") {
+                Some(line) => (line, pos + nl + 1, false),
+                None => (line, pos + nl + 1, true),
+            }
         }
         None => {
             let line = rest.strip_suffix(b"\r").unwrap_or(rest);
@@ -812,7 +814,10 @@ fn lex(buf: &[u8], max_headers: usize) -> Option<Lexed> {
     if skip == buf.len() {
         return None;
     }
-    let (start, mut pos, _) = next_line(buf, skip);
+    let (start, mut pos, start_bare_lf) = next_line(buf, skip);
+    // A message that ends its start line in CRLF must end every header line so: a bare LF
+    // in the middle would let a header value smuggle in a header of its own.
+    let crlf = !start_bare_lf;
     let mut lexed = Lexed {
         start: start.to_vec(),
         headers: Headers::default(),
@@ -824,18 +829,29 @@ fn lex(buf: &[u8], max_headers: usize) -> Option<Lexed> {
     let mut last_kept = false;
     let mut line_no = 1usize;
     while pos < buf.len() {
-        let (line, next, _) = next_line(buf, pos);
+        let (line, next, bare_lf) = next_line(buf, pos);
         pos = next;
         line_no += 1;
-        if line.is_empty() {
-            lexed.body_start = Some(next);
-            break;
-        }
         let mut fail = |msg: String| {
             if lexed.header_error.is_none() {
                 lexed.header_error = Some(msg);
             }
         };
+        if crlf && bare_lf {
+            fail(format!(
+                "bare LF in header line {line_no} of a CRLF message"
+            ));
+            if line.is_empty() {
+                lexed.body_start = Some(next);
+                break;
+            }
+            last_kept = false;
+            continue;
+        }
+        if line.is_empty() {
+            lexed.body_start = Some(next);
+            break;
+        }
         if line.contains(&b'\r') {
             fail(format!("bare CR in header line {line_no}"));
             last_kept = false;

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# dialtone's one test command: installs what the tests need (Debian 12, as root), checks
+# formatting and lints, runs the whole test suite, and builds the release binary.
+#
+#   scripts/test.sh
+#
+# Environment:
+#   CARGO_TARGET_DIR   build directory (default: $HOME/.cache/dialtone-target, so fresh
+#                      clones in CI still build incrementally)
+#   SKIP_APT=1         never run apt-get (fails later if a tool is missing)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dialtone-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export DEBIAN_FRONTEND=noninteractive
+
+started=$(date +%s)
+section() {
+    printf '\n==== %s  [%ss] ====\n' "$*" "$(($(date +%s) - started))"
+}
+
+# ---------------------------------------------------------------------------------------
+section "System packages"
+# binary -> Debian package that provides it
+declare -A provides=(
+    [sipp]=sip-tester
+    [openssl]=openssl
+    [pkg-config]=pkg-config
+    [cc]=build-essential
+)
+missing=()
+for bin in "${!provides[@]}"; do
+    command -v "$bin" >/dev/null 2>&1 || missing+=("${provides[$bin]}")
+done
+[ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "all needed tools present; skipping apt-get"
+elif [ "${SKIP_APT:-0}" = 1 ]; then
+    echo "missing: ${missing[*]} (SKIP_APT=1, not installing)" >&2
+elif [ "$(id -u)" -ne 0 ]; then
+    echo "missing: ${missing[*]}; run as root (or install them) and retry" >&2
+    exit 1
+else
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" ca-certificates
+fi
+echo "sipp: $(sipp -v 2>&1 | grep -o 'SIPp v[^ ]*' | head -1)"
+echo "openssl: $(openssl version)"
+
+# ---------------------------------------------------------------------------------------
+section "Toolchain"
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found; install Rust (https://rustup.rs) first" >&2
+    exit 1
+fi
+if command -v rustup >/dev/null 2>&1; then
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+cargo --version
+rustc --version
+echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+
+# The integration tests read shared test data from ../shared (cloned next to this repo).
+if [ ! -f ../shared/testdata/rfc4475/MANIFEST.tsv ]; then
+    echo "warning: ../shared/testdata/rfc4475 not found; the RFC 4475 tests will fail" >&2
+fi
+
+# ---------------------------------------------------------------------------------------
+section "cargo fmt --check"
+cargo fmt --all -- --check
+
+# ---------------------------------------------------------------------------------------
+section "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+# ---------------------------------------------------------------------------------------
+# From here on a failing step does not stop the others: every result is reported, and the
+# script fails at the end if any step failed.
+failed=()
+
+section "Tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked --no-fail-fast || failed+=("tests")
+    # nextest does not run doctests.
+    cargo test --locked --doc || failed+=("doctests")
+else
+    cargo test --locked --no-fail-fast || failed+=("tests")
+fi
+
+# ---------------------------------------------------------------------------------------
+section "Release build"
+scripts/build-release.sh || failed+=("release build")
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    section "FAILED: ${failed[*]}"
+    exit 1
+fi
+section "All checks passed"
