@@ -9,7 +9,7 @@ mod common_call;
 use std::time::Duration;
 
 use common_call::agent::{Mode, TestAgent};
-use common_call::audio::{decode_rtp, find_tone, HIGH_TONE_HZ, TONE_HZ};
+use common_call::audio::{decode_rtp, find_tone, tone_fraction, HIGH_TONE_HZ, TONE_HZ};
 use common_call::baresip::{write_wav, Baresip};
 use common_call::capture::Capture;
 use common_call::flow::split_rtp;
@@ -30,6 +30,19 @@ fn pcap_rtp(name: &str) -> (Vec<f64>, Vec<Rtp>) {
         .map(|p| Rtp::parse(&p.payload).expect("every packet is RTP"))
         .collect();
     (times, rtp)
+}
+
+#[test]
+fn goertzel_finds_the_tone_and_only_the_tone() {
+    let sine = |hz: f64| -> Vec<i16> {
+        (0..160)
+            .map(|i| (8000.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / 8000.0).sin()) as i16)
+            .collect()
+    };
+    assert!(tone_fraction(&sine(1000.0), 8000, 1000.0) > 0.99);
+    assert!(tone_fraction(&sine(1000.0), 8000, 1500.0) < 0.01);
+    assert!(tone_fraction(&sine(700.0), 8000, 1000.0) < 0.05);
+    assert_eq!(tone_fraction(&[0; 160], 8000, 1000.0), 0.0);
 }
 
 #[test]
