@@ -77,12 +77,12 @@ proc_rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 CLK_TCK=$(getconf CLK_TCK)
 
 # Percentiles from the metrics text: a Prometheus histogram (buckets) or summary (quantiles).
-metric_percentiles() { # file metric -> "p50_ms p99_ms count"
+metric_percentiles() { # file metric -> "p50_ms p99_ms count mean_ms"
     python3 - "$1" "$2" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read().splitlines()
 name = sys.argv[2]
-buckets, quant, count = {}, {}, 0.0
+buckets, quant, count, total = {}, {}, 0.0, 0.0
 for line in text:
     if line.startswith("#"):
         continue
@@ -99,6 +99,8 @@ for line in text:
         quant[q] = max(quant.get(q, 0.0), value)
     elif metric == name + "_count":
         count += value
+    elif metric == name + "_sum":
+        total += value
 def from_buckets(p):
     edges = sorted(buckets)
     total = buckets[edges[-1]]
@@ -118,8 +120,9 @@ if buckets:
 elif quant:
     p50, p99 = quant.get(0.5, float("nan")), quant.get(0.99, float("nan"))
 else:
-    print("n/a n/a 0"); sys.exit()
-print(f"{p50*1000:.2f} {p99*1000:.2f} {int(count)}")
+    print("n/a n/a 0 n/a"); sys.exit()
+mean = f"{total / count * 1000:.2f}" if count else "n/a"
+print(f"{p50*1000:.2f} {p99*1000:.2f} {int(count)} {mean}")
 EOF
 }
 
@@ -223,7 +226,7 @@ for N in "${NS[@]}"; do
         LOST="n/a (sent $SENT)"
     fi
     JB_LOST=$(sum_metric "$DIR/metrics.txt" '^dialtone_(media_dropped|agent_frames_dropped)_total')
-    read -r R50 R99 RCOUNT < <(metric_percentiles "$DIR/metrics_busy.txt" dialtone_media_rtp_to_agent_seconds)
+    read -r R50 R99 RCOUNT RMEAN < <(metric_percentiles "$DIR/metrics_busy.txt" dialtone_media_rtp_to_agent_seconds)
     RTT_FILES=("$DIR"/*_rtt.csv)
     if [ -e "${RTT_FILES[0]}" ]; then
         read -r I50 I99 ICOUNT < <(rtt_percentiles "${RTT_FILES[@]}")
@@ -232,13 +235,13 @@ for N in "${NS[@]}"; do
     fi
     OKC=$(awk -F'|' '/Successful call/ {gsub(/ /, "", $3); print $3}' "$DIR/screen.log" | tail -1)
     FAILC=$(awk -F'|' '/Failed call/ {gsub(/ /, "", $3); print $3}' "$DIR/screen.log" | tail -1)
-    ROWS+=("| $N | ${OKC:-?} / ${FAILC:-?} | $CPU_PCT | $CPU_PER_CALL | $((RSS_IDLE / 1024)) → $((RSS_BUSY / 1024)) | $RSS_PER_CALL | $LOST | ${JB_LOST:-n/a} | ${BACK:-?} | $KDROP | $R50 / $R99 | $I50 / $I99 |")
+    ROWS+=("| $N | ${OKC:-?} / ${FAILC:-?} | $CPU_PCT | $CPU_PER_CALL | $((RSS_IDLE / 1024)) → $((RSS_BUSY / 1024)) | $RSS_PER_CALL | $LOST | ${JB_LOST:-n/a} | ${BACK:-?} | $KDROP | $R50 / $R99 (mean $RMEAN) | $I50 / $I99 |")
     echo "  sent by SIPp: $SENT (expected ~$((N * PCAP_PKTS))), back to SIPp: $BACK, dialtone counted in: ${RECEIVED:-n/a}" >&2
 done
 
 echo
 echo "dialtone load: $(nproc) cores, ${HOLD_S} s per call, PCMU both ways through /agents/echo (mulaw_8000), set-up rate ${RATE}/s"
 echo
-echo "| N | calls ok / failed | CPU % of a core | CPU %/call | RSS MiB idle → busy | RSS KiB/call | RTP lost (sent − counted in) | dialtone media/agent dropped counters | RTP back to SIPp | tcpdump kernel drops | RTP→ws p50/p99 ms | INVITE→200 p50/p99 ms |"
+echo "| N | calls ok / failed | CPU % of a core | CPU %/call | RSS MiB idle → busy | RSS KiB/call | RTP lost (sent − counted in) | dialtone media/agent dropped counters | RTP back to SIPp | tcpdump kernel drops | RTP→ws p50 / p99 ms | INVITE→200 p50/p99 ms |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for r in "${ROWS[@]}"; do echo "$r"; done
