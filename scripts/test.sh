@@ -28,12 +28,17 @@ declare -A provides=(
     [openssl]=openssl
     [pkg-config]=pkg-config
     [cc]=build-essential
+    [baresip]=baresip
+    [tcpdump]=tcpdump
+    [python3]=python3
 )
 missing=()
 for bin in "${!provides[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("${provides[$bin]}")
 done
 [ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+# The PostgreSQL server (not just the client) for the store's Postgres tests.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "all needed tools present; skipping apt-get"
 elif [ "${SKIP_APT:-0}" = 1 ]; then
@@ -47,6 +52,33 @@ else
     apt-get install -y -qq --no-install-recommends "${missing[@]}" ca-certificates
 fi
 echo "sipp: $(sipp -v 2>&1 | grep -o 'SIPp v[^ ]*' | head -1)"
+
+# ---------------------------------------------------------------------------------------
+section "Python packages"
+# The official retell-sdk drives the API test; versions are pinned in the requirements files.
+for req in tests/sdk/requirements.txt tests/e2e/requirements.txt; do
+    [ -f "$req" ] || continue
+    if python3 - "$req" <<'PY'
+import sys, importlib.metadata as md
+ok = True
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if not line:
+        continue
+    name, _, version = line.partition("==")
+    try:
+        if version and md.version(name) != version:
+            ok = False
+    except md.PackageNotFoundError:
+        ok = False
+sys.exit(0 if ok else 1)
+PY
+    then
+        echo "$req: satisfied"
+    else
+        python3 -m pip install --quiet --disable-pip-version-check -r "$req"
+    fi
+done
 echo "openssl: $(openssl version)"
 
 # ---------------------------------------------------------------------------------------
@@ -80,6 +112,13 @@ cargo clippy --all-targets --locked -- -D warnings
 # From here on a failing step does not stop the others: every result is reported, and the
 # script fails at the end if any step failed.
 failed=()
+
+section "PostgreSQL for the store tests"
+# The store runs the same code on SQLite and Postgres; the Postgres half needs a server.
+pg_url=$(scripts/pg-test-db.sh)
+export DIALTONE_TEST_POSTGRES_URL="$pg_url" DIALTONE_REQUIRE_POSTGRES=1
+trap 'scripts/pg-test-db.sh stop "$pg_url" || true' EXIT
+echo "postgres: $pg_url"
 
 section "Tests"
 if cargo nextest --version >/dev/null 2>&1; then

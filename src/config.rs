@@ -44,6 +44,19 @@ struct RawSettings {
     calls: RawCalls,
     shutdown: RawShutdown,
     log: RawLog,
+    demo: RawDemo,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawDemo {
+    echo_agent: bool,
+}
+
+impl Default for RawDemo {
+    fn default() -> Self {
+        RawDemo { echo_agent: true }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +215,8 @@ pub struct Settings {
     pub calls: CallSettings,
     pub shutdown_grace: Duration,
     pub log_filter: String,
+    /// Whether the built-in echo agent (`agent_id` "echo") is made available at start.
+    pub demo_echo_agent: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -546,6 +561,7 @@ impl RawSettings {
             },
             shutdown_grace: Duration::from_millis(self.shutdown.grace_period_ms),
             log_filter: self.log.filter,
+            demo_echo_agent: self.demo.echo_agent,
         })
     }
 }

@@ -80,6 +80,57 @@ fn sip_uri_host(settings: &Settings, transports: &Transports) -> String {
     }
 }
 
+/// The id of the built-in demo agent.
+pub const ECHO_AGENT_ID: &str = "echo";
+
+/// Makes sure the demo agent `echo` exists and points at this server's echo endpoint.
+async fn ensure_echo_agent(store: &Store, http: std::net::SocketAddr) {
+    let ip = match http.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv6() => {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        }
+        ip if ip.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        ip => ip,
+    };
+    let url = format!(
+        "ws://{}/agents/echo",
+        std::net::SocketAddr::new(ip, http.port())
+    );
+    let now = store::now_ms();
+    let agent = crate::call::model::Agent {
+        agent_id: ECHO_AGENT_ID.to_string(),
+        agent_name: Some("built-in echo".to_string()),
+        version: 0,
+        response_engine: crate::call::model::ResponseEngine {
+            kind: "audio-websocket".to_string(),
+            url: url.clone(),
+            audio_encoding: crate::call::model::AudioEncoding::Mulaw8000,
+            headers: Default::default(),
+        },
+        webhook_url: None,
+        max_call_duration_ms: 600_000,
+        end_call_after_silence_ms: 60_000,
+        ring_duration_ms: 30_000,
+        last_modification_timestamp: now,
+    };
+    let result = match store.get_agent(ECHO_AGENT_ID).await {
+        Ok(Some(existing)) if existing.response_engine.url == url => Ok(()),
+        Ok(Some(_)) => store
+            .update_agent(ECHO_AGENT_ID, now, |a: &mut crate::call::model::Agent| {
+                a.response_engine.url = url.clone();
+                Ok::<(), StoreError>(())
+            })
+            .await
+            .map(|_| ()),
+        Ok(None) => store.create_agent(&agent).await,
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok(()) => info!(agent_id = ECHO_AGENT_ID, %url, "demo echo agent ready"),
+        Err(err) => warn!(%err, "could not set up the demo echo agent"),
+    }
+}
+
 /// Binds every listener the configuration asks for and starts serving.
 pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let store = Store::connect(&settings.database.url).await?;
@@ -153,6 +204,11 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             }
         });
         info!(http = %addr, "HTTP listening");
+        if settings.demo_echo_agent {
+            if let Some(http) = http_addr {
+                ensure_echo_agent(&store, http).await;
+            }
+        }
     }
     if transports.local_addr(Kind::Udp).is_none()
         && transports.local_addr(Kind::Tcp).is_none()

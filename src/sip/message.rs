@@ -838,15 +838,12 @@ fn lex(buf: &[u8], max_headers: usize) -> Option<Lexed> {
             }
         };
         if crlf && bare_lf {
+            // Nothing from here on can be trusted to be the header it looks like, so stop:
+            // an answer is built only from the lines before it.
             fail(format!(
                 "bare LF in header line {line_no} of a CRLF message"
             ));
-            if line.is_empty() {
-                lexed.body_start = Some(next);
-                break;
-            }
-            last_kept = false;
-            continue;
+            break;
         }
         if line.is_empty() {
             lexed.body_start = Some(next);

@@ -51,6 +51,13 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
                     let Some(f) = super::postgres().await else {
+                        // The project's test script always provides one; a run that
+                        // asks for Postgres must not pass without it.
+                        assert!(
+                            std::env::var_os("DIALTONE_REQUIRE_POSTGRES").is_none(),
+                            "DIALTONE_REQUIRE_POSTGRES is set but {} is not",
+                            super::PG_ENV
+                        );
                         eprintln!("{} not set: skipping the Postgres run", super::PG_ENV);
                         return;
                     };
