@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Load benchmark (not a test, nothing is asserted): N concurrent SIPp calls, RTP both ways
-# through dialtone's built-in echo agent (ws://<http>/agents/echo, mulaw_8000), for about
-# 30 s each, at N = 50, 100, 200, 400 (or the N given as arguments). Prints a markdown
-# table per N:
+# through an echo agent (mulaw_8000), for about 30 s each, at N = 50, 100, 200, 400 (or the
+# N given as arguments). The agent is examples/echo_agent.rs in its own process (so
+# dialtone's CPU and memory are the gateway's alone); AGENT=builtin uses dialtone's own
+# ws://<http>/agents/echo instead, which refuses more than 64 sessions at once (503).
+# Prints a markdown table per N:
 #   CPU (% of one core, per call)   from /proc/<pid>/stat utime+stime over the steady window
 #   RSS per call                    (VmRSS during the steady window - VmRSS idle) / N
 #   packets lost                    RTP SIPp sent to dialtone minus what dialtone counted in
 #                                   (when /metrics has such a counter), and SIPp's own
 #                                   failed calls
 #   RTP -> websocket p50/p99        from the histogram dialtone_media_rtp_to_agent_seconds
-#   INVITE -> 200 p50/p99           SIPp's response times (-trace_rtt, rtd 1)
+#   INVITE -> 200 p50/p99           from SIPp's message trace (microsecond timestamps)
 #
 #   benches/call_load.sh            # all four N, about 50 s each
 #   benches/call_load.sh 50         # one N
@@ -19,6 +21,7 @@
 #   CARGO_TARGET_DIR   build directory (default: $HOME/.cache/dialtone-target)
 #   HOLD_S             seconds each call plays audio (default 30)
 #   RATE               calls set up per second (default 50)
+#   AGENT              external (default) or builtin
 #   KEEP=1             keep the work directory
 set -euo pipefail
 
@@ -27,6 +30,7 @@ REPO=$(pwd)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dialtone-target}"
 HOLD_S="${HOLD_S:-30}"
 RATE="${RATE:-50}"
+AGENT_KIND="${AGENT:-external}"
 NS=("$@")
 [ "${#NS[@]}" -gt 0 ] || NS=(50 100 200 400)
 KEY="bench-key-0123456789"
@@ -48,8 +52,9 @@ cleanup() {
 trap cleanup EXIT
 
 echo "building release binary..." >&2
-cargo build --release --quiet --bin dialtone
+cargo build --release --quiet --bin dialtone --example echo_agent
 BIN="$CARGO_TARGET_DIR/release/dialtone"
+ECHO_BIN="$CARGO_TARGET_DIR/release/examples/echo_agent"
 
 # A pcap a little longer than the hold time, so audio flows for the whole call.
 python3 scripts/make-test-audio.py --only pcmu --seconds "$((HOLD_S + 2))" --out "$WORK" >/dev/null
@@ -130,23 +135,43 @@ sum_metric() { # file regex -> sum of matching series (or empty)
     awk -v re="$2" '$1 ~ re && $1 !~ /^#/ {s += $NF; n++} END {if (n) printf "%d", s}' "$1"
 }
 
-rtt_percentiles() { # sipp rtt csv -> "p50 p99 count" in ms
-    python3 - "$@" <<'EOF'
-import sys
-vals = []
-for path in sys.argv[1:]:
-    for line in open(path):
-        parts = line.strip().split(";")
-        if len(parts) >= 2:
-            try:
-                vals.append(float(parts[1]))
-            except ValueError:
-                pass
-vals.sort()
+invite_to_200() { # sipp -trace_msg log -> "p50 p99 count" in ms
+    python3 - "$1" <<'EOF'
+import re, sys
+from datetime import datetime
+sent, answered = {}, {}
+entry_re = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)$")
+def flush(ts, lines):
+    if ts is None or len(lines) < 3:
+        return
+    direction = "sent" if "message sent" in lines[0] else "recv"
+    body = [l for l in lines[1:] if l.strip()]
+    if not body:
+        return
+    first = body[0].strip()
+    cid = next((l.split(":", 1)[1].strip() for l in body if l.lower().startswith("call-id:")), None)
+    cseq = next((l.split(":", 1)[1] for l in body if l.lower().startswith("cseq:")), "")
+    if cid is None:
+        return
+    if direction == "sent" and first.startswith("INVITE "):
+        sent.setdefault(cid, ts)
+    elif direction == "recv" and first.startswith("SIP/2.0 200") and "INVITE" in cseq:
+        answered.setdefault(cid, ts)
+ts, lines = None, []
+for raw in open(sys.argv[1], errors="replace"):
+    line = raw.rstrip("\r\n")
+    m = entry_re.match(line)
+    if m:
+        flush(ts, lines)
+        ts, lines = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f"), []
+    else:
+        lines.append(line)
+flush(ts, lines)
+vals = sorted((answered[c] - sent[c]).total_seconds() * 1000 for c in answered if c in sent)
 if not vals:
     print("n/a n/a 0"); sys.exit()
 pick = lambda p: vals[min(len(vals) - 1, int(p * len(vals)))]
-print(f"{pick(0.5):.1f} {pick(0.99):.1f} {len(vals)}")
+print(f"{pick(0.5):.2f} {pick(0.99):.2f} {len(vals)}")
 EOF
 }
 
@@ -172,7 +197,17 @@ for N in "${NS[@]}"; do
     done
     curl -sf "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null || { cat "$DIR/dialtone.log" >&2; exit 1; }
     api() { curl -sS --max-time 10 -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' "$@"; }
-    AGENT=$(api -X POST "http://127.0.0.1:$HTTP_PORT/create-agent" -d "{\"agent_name\":\"bench\",\"response_engine\":{\"type\":\"audio-websocket\",\"url\":\"ws://127.0.0.1:$HTTP_PORT/agents/echo\",\"audio_encoding\":\"mulaw_8000\"}}" | jq -r .agent_id)
+    if [ "$AGENT_KIND" = builtin ]; then
+        AGENT_URL="ws://127.0.0.1:$HTTP_PORT/agents/echo"
+    else
+        ECHO_PORT=$(free_port)
+        "$ECHO_BIN" "127.0.0.1:$ECHO_PORT" 2>"$DIR/echo_agent.log" &
+        ECHO=$!
+        PIDS+=("$ECHO")
+        sleep 0.3
+        AGENT_URL="ws://127.0.0.1:$ECHO_PORT/ws"
+    fi
+    AGENT=$(api -X POST "http://127.0.0.1:$HTTP_PORT/create-agent" -d "{\"agent_name\":\"bench\",\"response_engine\":{\"type\":\"audio-websocket\",\"url\":\"$AGENT_URL\",\"audio_encoding\":\"mulaw_8000\"}}" | jq -r .agent_id)
     echo "SEQUENTIAL" >"$DIR/calls.csv"
     for _ in $(seq "$N"); do
         api -X POST "http://127.0.0.1:$HTTP_PORT/v2/register-phone-call" -d "{\"agent_id\":\"$AGENT\"}" | jq -r '.call_id + ";"' >>"$DIR/calls.csv"
@@ -191,7 +226,8 @@ for N in "${NS[@]}"; do
     (cd "$DIR" && timeout $((HOLD_S + RAMP_S + 40)) sipp "127.0.0.1:$SIP_PORT" -sf "$WORK/uac_load.xml" \
         -inf "$DIR/calls.csv" -m "$N" -l "$N" -r "$RATE" -rp 1000 \
         -i 127.0.0.1 -mi 127.0.0.1 -mp "$MEDIA_PORT" -nostdin \
-        -trace_rtt -rtt_freq 1 -trace_screen -screen_file "$DIR/screen.log" \
+        -trace_msg -message_file "$DIR/messages.log" \
+        -trace_screen -screen_file "$DIR/screen.log" \
         -trace_err -error_file "$DIR/errors.log" -timeout $((HOLD_S + RAMP_S + 30))s \
         >"$DIR/sipp.out" 2>&1) &
     SIPP=$!
@@ -212,6 +248,7 @@ for N in "${NS[@]}"; do
     wait "$TD1" "$TD2" 2>/dev/null || true
     kill "$DT" 2>/dev/null || true
     wait "$DT" 2>/dev/null || true
+    if [ -n "${ECHO:-}" ]; then kill "$ECHO" 2>/dev/null || true; wait "$ECHO" 2>/dev/null || true; ECHO=; fi
 
     CPU_PCT=$(python3 -c "print(f'{($T2-$T1)/$CLK_TCK/($W2-$W1)*100:.1f}')")
     CPU_PER_CALL=$(python3 -c "print(f'{($T2-$T1)/$CLK_TCK/($W2-$W1)*100/$N:.3f}')")
@@ -227,12 +264,7 @@ for N in "${NS[@]}"; do
     fi
     JB_LOST=$(sum_metric "$DIR/metrics.txt" '^dialtone_(media_dropped|agent_frames_dropped)_total')
     read -r R50 R99 RCOUNT RMEAN < <(metric_percentiles "$DIR/metrics_busy.txt" dialtone_media_rtp_to_agent_seconds)
-    RTT_FILES=("$DIR"/*_rtt.csv)
-    if [ -e "${RTT_FILES[0]}" ]; then
-        read -r I50 I99 ICOUNT < <(rtt_percentiles "${RTT_FILES[@]}")
-    else
-        I50=n/a; I99=n/a; ICOUNT=0
-    fi
+    read -r I50 I99 ICOUNT < <(invite_to_200 "$DIR/messages.log")
     OKC=$(awk -F'|' '/Successful call/ {gsub(/ /, "", $3); print $3}' "$DIR/screen.log" | tail -1)
     FAILC=$(awk -F'|' '/Failed call/ {gsub(/ /, "", $3); print $3}' "$DIR/screen.log" | tail -1)
     ROWS+=("| $N | ${OKC:-?} / ${FAILC:-?} | $CPU_PCT | $CPU_PER_CALL | $((RSS_IDLE / 1024)) → $((RSS_BUSY / 1024)) | $RSS_PER_CALL | $LOST | ${JB_LOST:-n/a} | ${BACK:-?} | $KDROP | $R50 / $R99 (mean $RMEAN) | $I50 / $I99 |")
@@ -240,7 +272,7 @@ for N in "${NS[@]}"; do
 done
 
 echo
-echo "dialtone load: $(nproc) cores, ${HOLD_S} s per call, PCMU both ways through /agents/echo (mulaw_8000), set-up rate ${RATE}/s"
+echo "dialtone load: $(nproc) cores (shared with SIPp and the agent), ${HOLD_S} s per call, PCMU both ways through the $AGENT_KIND echo agent (mulaw_8000), set-up rate ${RATE}/s"
 echo
 echo "| N | calls ok / failed | CPU % of a core | CPU %/call | RSS MiB idle → busy | RSS KiB/call | RTP lost (sent − counted in) | dialtone media/agent dropped counters | RTP back to SIPp | tcpdump kernel drops | RTP→ws p50 / p99 ms | INVITE→200 p50/p99 ms |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
