@@ -78,6 +78,7 @@ EOF
 }
 
 proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6}' /proc/stat; } # total idle
 proc_rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -236,8 +237,10 @@ for N in "${NS[@]}"; do
     # Steady window: from 2 s after the last call is set up, for (HOLD_S - 8) s.
     sleep $((RAMP_S + 2))
     T1=$(proc_ticks "$DT"); W1=$(date +%s.%N)
+    read -r M1_TOTAL M1_IDLE < <(machine_ticks)
     sleep $((HOLD_S - 8))
     T2=$(proc_ticks "$DT"); W2=$(date +%s.%N)
+    read -r M2_TOTAL M2_IDLE < <(machine_ticks)
     RSS_BUSY=$(proc_rss_kb "$DT")
     curl -sf "http://127.0.0.1:$HTTP_PORT/metrics" >"$DIR/metrics_busy.txt" || true
 
@@ -252,6 +255,7 @@ for N in "${NS[@]}"; do
 
     CPU_PCT=$(python3 -c "print(f'{($T2-$T1)/$CLK_TCK/($W2-$W1)*100:.1f}')")
     CPU_PER_CALL=$(python3 -c "print(f'{($T2-$T1)/$CLK_TCK/($W2-$W1)*100/$N:.3f}')")
+    MACHINE_BUSY=$(python3 -c "t=$M2_TOTAL-$M1_TOTAL; print(f'{(t-($M2_IDLE-$M1_IDLE))/t*100:.0f}' if t else 'n/a')")
     RSS_PER_CALL=$(python3 -c "print(f'{($RSS_BUSY-$RSS_IDLE)/$N:.0f}')")
     SENT=$(awk '/packets captured/ {print $1}' "$DIR/td_sent.txt")
     BACK=$(awk '/packets captured/ {print $1}' "$DIR/td_back.txt")
@@ -267,13 +271,13 @@ for N in "${NS[@]}"; do
     read -r I50 I99 ICOUNT < <(invite_to_200 "$DIR/messages.log")
     OKC=$(awk -F'|' '/Successful call/ {gsub(/ /, "", $3); print $3}' "$DIR/screen.log" | tail -1)
     FAILC=$(awk -F'|' '/Failed call/ {gsub(/ /, "", $3); print $3}' "$DIR/screen.log" | tail -1)
-    ROWS+=("| $N | ${OKC:-?} / ${FAILC:-?} | $CPU_PCT | $CPU_PER_CALL | $((RSS_IDLE / 1024)) → $((RSS_BUSY / 1024)) | $RSS_PER_CALL | $LOST | ${JB_LOST:-n/a} | ${BACK:-?} | $KDROP | $R50 / $R99 (mean $RMEAN) | $I50 / $I99 |")
+    ROWS+=("| $N | ${OKC:-?} / ${FAILC:-?} | $MACHINE_BUSY | $CPU_PCT | $CPU_PER_CALL | $((RSS_IDLE / 1024)) → $((RSS_BUSY / 1024)) | $RSS_PER_CALL | $LOST | ${JB_LOST:-n/a} | ${BACK:-?} | $KDROP | $R50 / $R99 (mean $RMEAN) | $I50 / $I99 |")
     echo "  sent by SIPp: $SENT (expected ~$((N * PCAP_PKTS))), back to SIPp: $BACK, dialtone counted in: ${RECEIVED:-n/a}" >&2
 done
 
 echo
 echo "dialtone load: $(nproc) cores (shared with SIPp and the agent), ${HOLD_S} s per call, PCMU both ways through the $AGENT_KIND echo agent (mulaw_8000), set-up rate ${RATE}/s"
 echo
-echo "| N | calls ok / failed | CPU % of a core | CPU %/call | RSS MiB idle → busy | RSS KiB/call | RTP lost (sent − counted in) | dialtone media/agent dropped counters | RTP back to SIPp | tcpdump kernel drops | RTP→ws p50 / p99 ms | INVITE→200 p50/p99 ms |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| N | calls ok / failed | machine CPU busy % (all cores) | dialtone CPU % of a core | CPU %/call | RSS MiB idle → busy | RSS KiB/call | RTP lost (sent − counted in) | dialtone media/agent dropped counters | RTP back to SIPp | tcpdump kernel drops | RTP→ws p50 / p99 ms | INVITE→200 p50/p99 ms |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for r in "${ROWS[@]}"; do echo "$r"; done
