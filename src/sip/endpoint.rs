@@ -21,8 +21,8 @@ use crate::config::{SipLimits, TimerSettings};
 use crate::metrics;
 use crate::sip::message::{self, Limits, Method, ParseError, Request, Response, SipMessage};
 use crate::sip::transaction::{
-    ClientKey, ClientNonInvite, ClientNonInviteState, RequestIds, ServerInvite, ServerInviteState,
-    ServerKey, ServerNonInvite, ServerNonInviteState, Transaction, TransmitKind,
+    ClientInvite, ClientKey, ClientNonInvite, ClientNonInviteState, RequestIds, ServerInvite,
+    ServerInviteState, ServerKey, ServerNonInvite, ServerNonInviteState, Transaction, TransmitKind,
 };
 use crate::sip::transport::{Inbound, Kind, Target, Transports};
 
@@ -423,13 +423,13 @@ impl Endpoint {
 
     /// Sends a non-INVITE request (BYE, ...) in its own client transaction and waits for
     /// its final response. Adds our Via; the caller sets everything else.
-    pub async fn request(
-        &self,
-        mut req: Request,
-        target: Target,
-    ) -> Result<Response, RequestError> {
-        let cseq = req.cseq().ok_or(RequestError::Malformed("CSeq"))?;
+    pub async fn request(&self, req: Request, target: Target) -> Result<Response, RequestError> {
         let (via, branch) = self.via(target.kind);
+        self.request_on_branch(req, target, via, branch).await
+    }
+
+    /// Puts our Via (and Max-Forwards, User-Agent) on a request we originate.
+    fn stamp_request(req: &mut Request, via: String) {
         req.headers.remove("Via");
         let mut headers = message::Headers::default();
         headers.push("Via", via);
@@ -439,8 +439,22 @@ impl Endpoint {
         if headers.get("Max-Forwards").is_none() {
             headers.push("Max-Forwards", "70");
         }
-        headers.push("User-Agent", PRODUCT);
+        if headers.get("User-Agent").is_none() {
+            headers.push("User-Agent", PRODUCT);
+        }
         req.headers = headers;
+    }
+
+    /// [`Endpoint::request`] with a given Via and branch: a CANCEL reuses its INVITE's.
+    async fn request_on_branch(
+        &self,
+        mut req: Request,
+        target: Target,
+        via: String,
+        branch: String,
+    ) -> Result<Response, RequestError> {
+        let cseq = req.cseq().ok_or(RequestError::Malformed("CSeq"))?;
+        Self::stamp_request(&mut req, via);
         let key = ClientKey::new(&branch, cseq.method.as_str());
         let (tx, mut rx) = mpsc::channel(8);
         lock(&self.inner.client_txs).insert(key.clone(), tx);
@@ -510,6 +524,48 @@ impl Endpoint {
             lock(&self.inner.client_txs).remove(&key);
         }
         result
+    }
+
+    /// Sends an INVITE in a client INVITE transaction (RFC 3261 §17.1.1 with RFC 6026).
+    /// Every response the TU must see (provisionals, the final, 2xx retransmissions) comes
+    /// out of the returned handle's `events`; the ACK of a non-2xx is the transaction's,
+    /// the ACK of a 2xx the TU's. Adds our Via.
+    pub fn invite(&self, mut req: Request, target: Target) -> Result<OutgoingInvite, RequestError> {
+        let cseq = req.cseq().ok_or(RequestError::Malformed("CSeq"))?;
+        if cseq.method != Method::Invite {
+            return Err(RequestError::Malformed("INVITE CSeq"));
+        }
+        let (via, branch) = self.via(target.kind);
+        Self::stamp_request(&mut req, via.clone());
+        let key = ClientKey::new(&branch, "INVITE");
+        let (resp_tx, resp_rx) = mpsc::channel(16);
+        lock(&self.inner.client_txs).insert(key.clone(), resp_tx);
+        let (events_tx, events_rx) = mpsc::channel(16);
+        let (cancel_tx, cancel_rx) = mpsc::channel(1);
+        let machine = ClientInvite::new(
+            Instant::now().into_std(),
+            req.to_bytes(),
+            target.kind.is_reliable(),
+            self.inner.timers,
+        );
+        metrics::message_out(target.kind.as_str(), "INVITE");
+        let task = ClientInviteTask {
+            endpoint: self.clone(),
+            key,
+            machine,
+            target,
+            request: req.clone(),
+            via,
+            branch,
+            events: events_tx,
+            cancel_pending: false,
+        };
+        tokio::spawn(task.run(resp_rx, cancel_rx));
+        Ok(OutgoingInvite {
+            events: events_rx,
+            cancel: cancel_tx,
+            request: req,
+        })
     }
 
     fn handler(&self) -> Option<Arc<dyn Handler>> {
@@ -998,4 +1054,318 @@ pub fn log_listening(transports: &Transports) {
             .unwrap_or_else(|| "off".into())
     };
     info!(udp = %addr(Kind::Udp), tcp = %addr(Kind::Tcp), tls = %addr(Kind::Tls), "SIP listening");
+}
+
+/// What an outgoing INVITE reports to its TU.
+#[derive(Debug)]
+pub enum InviteEvent {
+    /// A response for the TU: provisionals, the final, and every 2xx (retransmissions too,
+    /// each needing the TU's ACK).
+    Response(Response),
+    /// Timer B: no final response within 64·T1 (act as on a 408).
+    Timeout,
+    /// The request could not be sent (act as on a 503).
+    TransportError,
+}
+
+/// The TU's side of an outgoing INVITE.
+pub struct OutgoingInvite {
+    pub events: mpsc::Receiver<InviteEvent>,
+    cancel: mpsc::Sender<()>,
+    /// The INVITE as sent (with our Via): dialogs and ACKs of 2xx are built from it.
+    pub request: Request,
+}
+
+impl OutgoingInvite {
+    /// Asks for a CANCEL: sent at once if a provisional arrived, else as soon as one does
+    /// (RFC 3261 §9.1); nothing once a final response is in.
+    pub fn cancel(&self) {
+        let _ = self.cancel.try_send(());
+    }
+}
+
+/// The ACK of a non-2xx final (RFC 3261 §17.1.1.3): the INVITE's Request-URI, top Via and
+/// Route set, the response's To (with its tag).
+fn ack_for_failure(invite: &Request, resp: &Response) -> Request {
+    let mut headers = message::Headers::default();
+    if let Some(via) = invite.headers.get("Via") {
+        headers.push("Via", via);
+    }
+    headers.push("Max-Forwards", "70");
+    for (name, value) in invite.headers.iter() {
+        if name.eq_ignore_ascii_case("From")
+            || name.eq_ignore_ascii_case("Call-ID")
+            || name.eq_ignore_ascii_case("Route")
+        {
+            headers.push(name, value);
+        }
+    }
+    if let Some(to) = resp.headers.get("To") {
+        headers.push("To", to);
+    }
+    let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
+    headers.push("CSeq", format!("{seq} ACK"));
+    Request {
+        method: Method::Ack,
+        uri: invite.uri.clone(),
+        headers,
+        body: bytes::Bytes::new(),
+    }
+}
+
+/// The CANCEL of an INVITE (RFC 3261 §9.1): same Request-URI, Call-ID, From, To, Route and
+/// CSeq number; its Via (the same branch) is added when it is sent.
+fn cancel_for(invite: &Request) -> Request {
+    let mut headers = message::Headers::default();
+    for (name, value) in invite.headers.iter() {
+        if ["From", "To", "Call-ID", "Route"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
+        {
+            headers.push(name, value);
+        }
+    }
+    let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
+    headers.push("CSeq", format!("{seq} CANCEL"));
+    Request {
+        method: Method::Cancel,
+        uri: invite.uri.clone(),
+        headers,
+        body: bytes::Bytes::new(),
+    }
+}
+
+struct ClientInviteTask {
+    endpoint: Endpoint,
+    key: ClientKey,
+    machine: ClientInvite,
+    target: Target,
+    request: Request,
+    via: String,
+    branch: String,
+    events: mpsc::Sender<InviteEvent>,
+    cancel_pending: bool,
+}
+
+impl ClientInviteTask {
+    async fn run(
+        mut self,
+        mut responses: mpsc::Receiver<Response>,
+        mut cancel: mpsc::Receiver<()>,
+    ) {
+        let transport = self.target.kind.as_str();
+        let mut cancel_open = true;
+        loop {
+            while let Some(t) = self.machine.poll_transmit() {
+                if t.kind == TransmitKind::Retransmit {
+                    metrics::retransmission("sent", transport);
+                }
+                if let Err(err) = self
+                    .endpoint
+                    .inner
+                    .transports
+                    .send(self.target, t.payload)
+                    .await
+                {
+                    debug!(%err, "INVITE not sent");
+                    self.machine.transport_error(Instant::now().into_std());
+                }
+            }
+            while let Some(event) = self.machine.poll_event() {
+                let event = match event.equivalent_status() {
+                    Some(503) => InviteEvent::TransportError,
+                    _ => InviteEvent::Timeout,
+                };
+                let _ = self.events.send(event).await;
+            }
+            if self.machine.is_terminated() {
+                break;
+            }
+            if self.cancel_pending && self.machine.can_cancel() {
+                self.cancel_pending = false;
+                self.send_cancel();
+            }
+            let deadline = self.machine.poll_timeout();
+            tokio::select! {
+                resp = responses.recv() => {
+                    let Some(resp) = resp else { break };
+                    let now = Instant::now().into_std();
+                    let invite = &self.request;
+                    let disposition = self.machine.on_response(now, resp.status, || ack_for_failure(invite, &resp).to_bytes());
+                    if disposition == crate::sip::transaction::Disposition::PassToTu {
+                        // The TU may have gone; the transaction still runs its course.
+                        let _ = self.events.send(InviteEvent::Response(resp)).await;
+                    }
+                }
+                c = cancel.recv(), if cancel_open && !self.cancel_pending => match c {
+                    Some(()) => self.cancel_pending = true,
+                    // The TU dropped its handle: no CANCEL can come any more.
+                    None => cancel_open = false,
+                },
+                _ = sleep_until_opt(deadline) => self.machine.handle_timeout(Instant::now().into_std()),
+            }
+        }
+        lock(&self.endpoint.inner.client_txs).remove(&self.key);
+    }
+
+    fn send_cancel(&self) {
+        let endpoint = self.endpoint.clone();
+        let cancel = cancel_for(&self.request);
+        let (target, via, branch) = (self.target, self.via.clone(), self.branch.clone());
+        tokio::spawn(async move {
+            if let Err(err) = endpoint
+                .request_on_branch(cancel, target, via, branch)
+                .await
+            {
+                debug!(%err, "CANCEL got no final response");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use std::collections::HashMap as Map;
+    use std::time::Duration;
+
+    /// An endpoint on its own UDP port on loopback, with its transports.
+    async fn endpoint() -> (Endpoint, watch::Sender<bool>, SocketAddr) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        let env: Map<String, String> = [
+            ("DIALTONE__SIP__UDP", "127.0.0.1:0"),
+            ("DIALTONE__SIP__TCP", ""),
+            ("DIALTONE__HTTP__LISTEN", ""),
+            ("DIALTONE__SIP__T1_MS", "50"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let settings = Settings::load_with_env(&path, Some(env)).unwrap();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (draining_tx, draining_rx) = watch::channel(false);
+        std::mem::forget(draining_tx);
+        let (in_tx, in_rx) = mpsc::channel(64);
+        let transports = Transports::start(&settings, in_tx, shutdown_rx.clone())
+            .await
+            .unwrap();
+        let addr = transports.local_addr(Kind::Udp).unwrap();
+        let ep = Endpoint::new(
+            transports,
+            &settings.sip.limits,
+            settings.sip.timers,
+            draining_rx,
+            "127.0.0.1".into(),
+        );
+        tokio::spawn(ep.clone().run(in_rx, shutdown_rx));
+        (ep, shutdown_tx, addr)
+    }
+
+    fn invite_to(addr: SocketAddr) -> Request {
+        let mut headers = message::Headers::default();
+        headers.push("From", "<sip:a@127.0.0.1>;tag=fromtag");
+        headers.push("To", format!("<sip:b@{addr}>"));
+        headers.push("Call-ID", format!("{:x}@test", rand::random::<u64>()));
+        headers.push("CSeq", "1 INVITE");
+        headers.push("Contact", "<sip:a@127.0.0.1>");
+        Request {
+            method: Method::Invite,
+            uri: format!("sip:b@{addr}"),
+            headers,
+            body: bytes::Bytes::new(),
+        }
+    }
+
+    fn udp(addr: SocketAddr) -> Target {
+        Target {
+            kind: Kind::Udp,
+            addr,
+            conn: None,
+        }
+    }
+
+    async fn next_status(inv: &mut OutgoingInvite) -> Option<u16> {
+        match tokio::time::timeout(Duration::from_secs(5), inv.events.recv()).await {
+            Ok(Some(InviteEvent::Response(r))) => Some(r.status),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn invite_failure_is_acked_by_the_transaction() {
+        let (a, _stop_a, _) = endpoint().await;
+        let (b, _stop_b, b_addr) = endpoint().await;
+        let mut inv = a.invite(invite_to(b_addr), udp(b_addr)).unwrap();
+        assert_eq!(next_status(&mut inv).await, Some(100));
+        assert_eq!(next_status(&mut inv).await, Some(404));
+        // B's INVITE transaction stops waiting once A's ACK arrives (Completed -> Confirmed).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while b.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(b.in_flight(), 0, "the 404 was never acknowledged");
+    }
+
+    /// Answers every INVITE with 180 and never more, keeping the transaction open.
+    struct Ringer(Mutex<Vec<ServerTxHandle>>);
+
+    impl Handler for Ringer {
+        fn on_invite(&self, req: Request, tx: ServerTxHandle, _from: Inbound) {
+            tx.respond(Response::for_request(&req, 180, "Ringing", Some("ringtag")));
+            lock(&self.0).push(tx);
+        }
+        fn on_in_dialog(
+            &self,
+            req: Request,
+            tx: ServerTxHandle,
+            _from: Inbound,
+        ) -> Result<(), (Request, ServerTxHandle)> {
+            Err((req, tx))
+        }
+        fn on_ack(&self, _req: Request) {}
+    }
+
+    #[tokio::test]
+    async fn cancel_after_ringing_ends_the_invite_with_487() {
+        let (a, _stop_a, _) = endpoint().await;
+        let (b, _stop_b, b_addr) = endpoint().await;
+        b.set_handler(Arc::new(Ringer(Mutex::new(Vec::new()))));
+        let mut inv = a.invite(invite_to(b_addr), udp(b_addr)).unwrap();
+        inv.cancel(); // before any provisional: held until one arrives
+        let mut statuses = Vec::new();
+        while let Some(status) = next_status(&mut inv).await {
+            statuses.push(status);
+            if status >= 200 {
+                break;
+            }
+        }
+        assert_eq!(statuses.last(), Some(&487), "{statuses:?}");
+        assert!(statuses.contains(&180), "{statuses:?}");
+    }
+
+    #[tokio::test]
+    async fn bye_outside_a_dialog_gets_481() {
+        let (a, _stop_a, _) = endpoint().await;
+        let (_b, _stop_b, b_addr) = endpoint().await;
+        let mut bye = invite_to(b_addr);
+        bye.method = Method::Bye;
+        bye.headers
+            .set("To", format!("<sip:b@{b_addr}>;tag=nosuchdialog"));
+        bye.headers.set("CSeq", "2 BYE");
+        let resp = a.request(bye, udp(b_addr)).await.unwrap();
+        assert_eq!(resp.status, 481);
+    }
+
+    #[tokio::test]
+    async fn invite_to_nobody_times_out_with_timer_b() {
+        let (a, _stop_a, _) = endpoint().await;
+        // A bound socket that never answers.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap();
+        let mut inv = a.invite(invite_to(addr), udp(addr)).unwrap();
+        // T1 = 50 ms in these tests, so Timer B fires after 3.2 s.
+        let event = tokio::time::timeout(Duration::from_secs(10), inv.events.recv()).await;
+        assert!(matches!(event, Ok(Some(InviteEvent::Timeout))), "{event:?}");
+    }
 }

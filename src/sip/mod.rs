@@ -1,10 +1,12 @@
 //! The SIP stack: transports, framing, messages, transactions and the endpoint that ties
 //! them together.
 
+pub mod auth;
 pub mod dialog;
 pub mod endpoint;
 pub mod framing;
 pub mod message;
+pub mod resolve;
 pub mod route;
 pub mod sdp;
 pub mod transaction;
