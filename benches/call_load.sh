@@ -244,7 +244,8 @@ for N in "${NS[@]}"; do
     RSS_BUSY=$(proc_rss_kb "$DT")
     curl -sf "http://127.0.0.1:$HTTP_PORT/metrics" >"$DIR/metrics_busy.txt" || true
 
-    wait "$SIPP" || true
+    SIPP_RC=0
+    wait "$SIPP" || SIPP_RC=$?
     sleep 1
     curl -sf "http://127.0.0.1:$HTTP_PORT/metrics" >"$DIR/metrics.txt" || true
     kill -INT "$TD1" "$TD2" 2>/dev/null || true
@@ -271,7 +272,7 @@ for N in "${NS[@]}"; do
     read -r I50 I99 ICOUNT < <(invite_to_200 "$DIR/messages.log")
     OKC=$(awk -F'|' '/Successful call/ {gsub(/ /, "", $3); print $3}' "$DIR/screen.log" | tail -1)
     FAILC=$(awk -F'|' '/Failed call/ {gsub(/ /, "", $3); print $3}' "$DIR/screen.log" | tail -1)
-    ROWS+=("| $N | ${OKC:-?} / ${FAILC:-?} | $MACHINE_BUSY | $CPU_PCT | $CPU_PER_CALL | $((RSS_IDLE / 1024)) → $((RSS_BUSY / 1024)) | $RSS_PER_CALL | $LOST | ${JB_LOST:-n/a} | ${BACK:-?} | $KDROP | $R50 / $R99 (mean $RMEAN) | $I50 / $I99 |")
+    ROWS+=("| $N | ${OKC:-?} / ${FAILC:-?} (sipp exit $SIPP_RC) | $MACHINE_BUSY | $CPU_PCT | $CPU_PER_CALL | $((RSS_IDLE / 1024)) → $((RSS_BUSY / 1024)) | $RSS_PER_CALL | $LOST | ${JB_LOST:-n/a} | ${BACK:-?} | $KDROP | $R50 / $R99 (mean $RMEAN) | $I50 / $I99 |")
     echo "  sent by SIPp: $SENT (expected ~$((N * PCAP_PKTS))), back to SIPp: $BACK, dialtone counted in: ${RECEIVED:-n/a}" >&2
 done
 
