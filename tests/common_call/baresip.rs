@@ -1,0 +1,225 @@
+//! baresip (Debian's 1.0) as a second, independent caller, run headless from a config
+//! directory the test writes, and driven over its `ctrl_tcp` module: netstring-framed
+//! JSON `{"command","params","token"}`; `dial`, `sndcode` (RFC 4733 DTMF while in a call),
+//! `hangup`. Events (`CALL_ESTABLISHED`, `CALL_CLOSED`, …) arrive on the same socket.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// A running baresip; killed on drop.
+pub struct Baresip {
+    child: Child,
+    ctrl: TcpStream,
+    buf: Vec<u8>,
+    pub dir: PathBuf,
+    pub sip_port: u16,
+    /// baresip's RTP port range (inclusive).
+    pub rtp_ports: (u16, u16),
+    /// Every event received so far.
+    pub events: Vec<Value>,
+    pub log_path: PathBuf,
+}
+
+/// Writes a mono 16-bit WAV file.
+pub fn write_wav(path: &Path, rate: u32, samples: &[i16]) {
+    let data_len = (samples.len() * 2) as u32;
+    let mut out = Vec::with_capacity(44 + data_len as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, out).expect("write wav");
+}
+
+impl Baresip {
+    /// Starts baresip in `dir` offering only the codecs of `codec_modules` (e.g. `["g722"]`),
+    /// with `wav` (16 kHz mono) as its microphone. Waits until ctrl_tcp answers (≤ 10 s).
+    pub async fn start(dir: &Path, codec_modules: &[&str], wav: &Path) -> Baresip {
+        super::require_tool("baresip");
+        std::fs::create_dir_all(dir).unwrap();
+        let sip_port = super::free_port_block(2); // baresip also takes port+1 for TLS
+        let ctrl_port = super::free_tcp_port();
+        let rtp_lo = super::free_port_block(16);
+        let mut modules = String::new();
+        for m in codec_modules {
+            modules.push_str(&format!("module {m}.so\n"));
+        }
+        let config = format!(
+            "poll_method epoll\n\
+             sip_listen 127.0.0.1:{sip_port}\n\
+             sip_trans_def udp\n\
+             net_interface 127.0.0.1\n\
+             audio_source aufile,{wav}\n\
+             audio_player aubridge,e2e\n\
+             audio_alert aubridge,e2e\n\
+             audio_srate 16000\n\
+             audio_channels 1\n\
+             rtp_ports {rtp_lo}-{rtp_hi}\n\
+             module_path /usr/lib/baresip/modules\n\
+             {modules}\
+             module aufile.so\n\
+             module aubridge.so\n\
+             module_app account.so\n\
+             module_app menu.so\n\
+             module_app ctrl_tcp.so\n\
+             ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n",
+            wav = wav.display(),
+            rtp_hi = rtp_lo + 15,
+        );
+        std::fs::write(dir.join("config"), config).unwrap();
+        std::fs::write(dir.join("accounts"), "<sip:e2e@127.0.0.1>;regint=0\n").unwrap();
+        std::fs::write(dir.join("contacts"), "").unwrap();
+        let log_path = dir.join("baresip.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new("baresip")
+            .arg("-f")
+            .arg(dir)
+            .arg("-v")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start baresip");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ctrl = loop {
+            if let Ok(s) = TcpStream::connect(("127.0.0.1", ctrl_port)).await {
+                break s;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "baresip exited ({status}):\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "baresip ctrl_tcp not up within 10 s:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        Baresip {
+            child,
+            ctrl,
+            buf: Vec::new(),
+            dir: dir.to_path_buf(),
+            sip_port,
+            rtp_ports: (rtp_lo, rtp_lo + 15),
+            events: Vec::new(),
+            log_path,
+        }
+    }
+
+    /// baresip's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Reads one netstring message (bounded by `limit`).
+    async fn read_message(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(colon) = self.buf.iter().position(|&b| b == b':') {
+                let len: usize = std::str::from_utf8(&self.buf[..colon])
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "ctrl_tcp: bad netstring {:?}",
+                            String::from_utf8_lossy(&self.buf)
+                        )
+                    });
+                if self.buf.len() > colon + len + 1 {
+                    let msg = self.buf[colon + 1..colon + 1 + len].to_vec();
+                    self.buf.drain(..colon + len + 2);
+                    return serde_json::from_slice(&msg).ok();
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, self.ctrl.read(&mut chunk))
+                .await
+                .ok()?
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends a command and waits (≤ 5 s) for its response; events read meanwhile are kept.
+    pub async fn command(&mut self, command: &str, params: &str) -> Value {
+        let token = super::unique("tok");
+        let body = json!({"command": command, "params": params, "token": token}).to_string();
+        let frame = format!("{}:{},", body.len(), body);
+        self.ctrl
+            .write_all(frame.as_bytes())
+            .await
+            .expect("write to ctrl_tcp");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read_message(left).await {
+                Some(msg) if msg["response"] == true && msg["token"] == token.as_str() => {
+                    return msg
+                }
+                Some(msg) => self.events.push(msg),
+                None => break,
+            }
+        }
+        panic!(
+            "baresip: no response to {command} {params}:\n{}",
+            self.log()
+        );
+    }
+
+    /// Waits for an event of `kind` (e.g. `CALL_ESTABLISHED`), also checking the ones
+    /// already received. Returns `None` after `limit`.
+    pub async fn wait_event(&mut self, kind: &str, limit: Duration) -> Option<Value> {
+        if let Some(e) = self.events.iter().find(|e| e["type"] == kind) {
+            return Some(e.clone());
+        }
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = self.read_message(left).await?;
+            let hit = msg["type"] == kind;
+            self.events.push(msg.clone());
+            if hit {
+                return Some(msg);
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- baresip log ----\n{}\n---- end of baresip log ----",
+                self.log()
+            );
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The whole SIPp-with-pcap call, shared by `call_pcmu.rs`, `call_pcma.rs`, `call_g722.rs`
+//! and `call_codec_preference.rs`: register through the API, SIPp dials and replays the
+//! tone, the test's echo agent sends it back, tcpdump records what returns; then the RTP,
+//! the agent's view and the call object are checked.
+
+use std::time::Duration;
+
+use dialtone::media::codec::CodecKind;
+use serde_json::Value;
+
+use super::agent::{assert_stream_opening, Connection, Mode, TestAgent};
+use super::audio::{self, ToneReport};
+use super::capture::Capture;
+use super::pcap::{Rtp, UdpPacket};
+use super::sip::{sdp_audio_payload_types, sdp_media_addr};
+use super::sipp::{self, SippRun};
+use super::Dialtone;
+
+/// One SIPp pcap call to run and check.
+pub struct PcapCall {
+    /// Scenario under tests/e2e/sipp.
+    pub scenario: &'static str,
+    /// The codec dialtone must choose (and the pcap carries).
+    pub codec: CodecKind,
+    /// The agent's `audio_encoding`.
+    pub encoding: &'static str,
+    /// Check the 5 kHz tone too (G.722 pcap through a wideband agent).
+    pub expect_high_tone: bool,
+}
+
+/// What a finished call left for extra assertions.
+pub struct PcapCallResult {
+    pub sipp: SippRun,
+    pub call: Value,
+    pub agent_conn: Connection,
+    pub returned: Vec<Rtp>,
+    pub returned_tone: ToneReport,
+}
+
+fn media_format(encoding: &str) -> (&'static str, u64) {
+    match encoding {
+        "mulaw_8000" => ("audio/x-mulaw", 8000),
+        "pcm_16000" => ("audio/x-l16", 16000),
+        "pcm_24000" => ("audio/x-l16", 24000),
+        other => panic!("unknown encoding {other}"),
+    }
+}
+
+fn bytes_per_20ms(encoding: &str) -> usize {
+    match encoding {
+        "mulaw_8000" => 160,
+        "pcm_16000" => 640,
+        "pcm_24000" => 960,
+        other => panic!("unknown encoding {other}"),
+    }
+}
+
+/// Minimum seconds of tone that must come back out of the 5 s played.
+pub const MIN_TONE_SECONDS: f64 = 3.0;
+
+/// Runs the call and every common assertion; returns the material for more.
+pub async fn run_pcap_call(case: PcapCall) -> PcapCallResult {
+    let server = Dialtone::start().await;
+    let agent = TestAgent::start(Mode::Echo).await;
+    let agent_id = server.create_agent(&agent.url(), case.encoding).await;
+    let registered = server.register_call(&agent_id).await;
+    let call_id = registered["call_id"].as_str().unwrap().to_string();
+
+    let media_port = super::free_port_block(4);
+    let capture = Capture::start(
+        server.dir.path(),
+        "rtp",
+        &format!("udp and port {media_port}"),
+    )
+    .await;
+    let t0 = super::now_ms();
+    let run = sipp::run_uac(sipp::Uac {
+        scenario: case.scenario,
+        target: server.sip,
+        service: &call_id,
+        dir: server.dir.path(),
+        media_port,
+        timeout: Duration::from_secs(30),
+        extra: vec![],
+    })
+    .await;
+    let packets = capture.stop().await;
+    assert!(run.ok(), "the SIPp call failed:\n{}", run.describe());
+
+    // --- Signalling -------------------------------------------------------------------
+    let codes = run.received_status_codes();
+    let pos_200 = codes.iter().position(|&c| c == 200).expect("a 200");
+    assert!(
+        codes[..pos_200].contains(&180),
+        "dialtone should ring (180) while the agent websocket opens; responses: {codes:?}"
+    );
+    let answer = run.answer_sdp().expect("the 200 to INVITE carries SDP");
+    let pts = sdp_audio_payload_types(&answer);
+    assert_eq!(
+        pts.first().copied(),
+        Some(case.codec.payload_type()),
+        "the answer must choose {:?} first; answer SDP:\n{answer}",
+        case.codec
+    );
+    assert!(
+        answer.contains("telephone-event/8000"),
+        "the answer should keep telephone-event (offered as 101):\n{answer}"
+    );
+    let dialtone_media = sdp_media_addr(&answer).expect("c= and m=audio in the answer");
+
+    // --- RTP both ways ----------------------------------------------------------------
+    let (sent, returned) = split_rtp(&packets, media_port);
+    assert!(
+        sent.len() >= 240,
+        "harness: SIPp sent only {} RTP packets from port {media_port} (expected 250); \
+         is pcap_play working (root)?",
+        sent.len()
+    );
+    let returned_rtp: Vec<(UdpPacket, Rtp)> = returned;
+    assert!(
+        !returned_rtp.is_empty(),
+        "no RTP came back to the caller's media port {media_port} (dialtone's media at {dialtone_media})"
+    );
+    for (udp, _) in &returned_rtp {
+        assert_eq!(
+            std::net::SocketAddr::V4(udp.src),
+            dialtone_media,
+            "RTP to the caller must come from the address in dialtone's SDP (symmetric RTP)"
+        );
+    }
+    let rtp: Vec<Rtp> = returned_rtp.into_iter().map(|(_, r)| r).collect();
+    check_rtp_stream(&rtp, case.codec);
+
+    let pcm = audio::decode_rtp(case.codec, &rtp);
+    let rate = case.codec.sample_rate();
+    let tone = audio::find_tone(&pcm, rate, audio::TONE_HZ, 0.5, 300.0);
+    assert!(
+        tone.tone_seconds() >= MIN_TONE_SECONDS,
+        "the 1 kHz tone should come back for at least {MIN_TONE_SECONDS} s of the 5 s played; \
+         found {tone:?} in {} returned packets",
+        rtp.len()
+    );
+    if case.expect_high_tone {
+        let high = audio::find_tone(&pcm, rate, audio::HIGH_TONE_HZ, 0.03, 300.0);
+        assert!(
+            high.tone_seconds() >= MIN_TONE_SECONDS,
+            "the 5 kHz component should survive a G.722 caller with a pcm_16000 agent \
+             (wideband end to end); found {high:?}"
+        );
+    }
+
+    // --- What the agent saw -----------------------------------------------------------
+    let conns = agent
+        .wait_until(Duration::from_secs(5), |c| c.iter().all(|c| c.finished))
+        .await;
+    let accepted: Vec<&Connection> = conns.iter().filter(|c| !c.refused).collect();
+    assert_eq!(
+        accepted.len(),
+        1,
+        "exactly one agent websocket per call: {conns:?}"
+    );
+    let conn = accepted[0].clone();
+    let (enc_name, enc_rate) = media_format(case.encoding);
+    let start = assert_stream_opening(&conn, &call_id, &agent_id, enc_name, enc_rate);
+    check_custom_parameters(&start);
+    check_agent_media(&conn, case.encoding);
+    check_stream_end(&conn);
+
+    // --- The call object --------------------------------------------------------------
+    let call = server
+        .wait_call_final(&call_id, Duration::from_secs(10))
+        .await;
+    super::assert_ended_by_caller(&call, t0);
+    if let Some(codec) = call["codec"].as_str() {
+        assert_eq!(codec, case.codec.encoding_name(), "call.codec: {call}");
+    }
+    assert!(
+        call["duration_ms"].as_i64().unwrap() >= 5000,
+        "the call lasted about 6.5 s after answer: {call}"
+    );
+    PcapCallResult {
+        sipp: run,
+        call,
+        agent_conn: conn,
+        returned: rtp,
+        returned_tone: tone,
+    }
+}
+
+/// Splits a capture on SIPp's media port into what SIPp sent and the RTP that came back.
+pub fn split_rtp(packets: &[UdpPacket], media_port: u16) -> (Vec<Rtp>, Vec<(UdpPacket, Rtp)>) {
+    let mut sent = Vec::new();
+    let mut back = Vec::new();
+    for p in packets {
+        let Some(rtp) = Rtp::parse(&p.payload) else {
+            continue;
+        };
+        if p.src.port() == media_port {
+            sent.push(rtp);
+        } else if p.dst.port() == media_port {
+            back.push((p.clone(), rtp));
+        }
+    }
+    (sent, back)
+}
+
+/// The returning stream is one well-formed RTP stream in the chosen codec.
+pub fn check_rtp_stream(rtp: &[Rtp], codec: CodecKind) {
+    let audio: Vec<&Rtp> = rtp
+        .iter()
+        .filter(|r| r.pt == codec.payload_type())
+        .collect();
+    let others: Vec<u8> = rtp
+        .iter()
+        .map(|r| r.pt)
+        .filter(|&pt| pt != codec.payload_type())
+        .collect();
+    assert!(
+        others.iter().all(|&pt| pt == 13 || pt == 101),
+        "returned RTP has payload types other than {} (and CN/telephone-event): {:?}",
+        codec.payload_type(),
+        others
+    );
+    assert!(
+        audio.len() >= 250,
+        "expected at least 250 audio packets back (the pcap is 250 packets, the call ~6.5 s); got {}",
+        audio.len()
+    );
+    let ssrc = audio[0].ssrc;
+    assert!(
+        rtp.iter().all(|r| r.ssrc == ssrc),
+        "one SSRC for the whole returning stream"
+    );
+    for r in &audio {
+        assert_eq!(
+            r.payload.len(),
+            codec.payload_len(20),
+            "every audio packet carries 20 ms ({} bytes)",
+            codec.payload_len(20)
+        );
+    }
+    let mut gaps = Vec::new();
+    for w in rtp.windows(2) {
+        let dseq = w[1].seq.wrapping_sub(w[0].seq);
+        if dseq != 1 {
+            gaps.push((w[0].seq, w[1].seq));
+        }
+    }
+    assert!(
+        gaps.is_empty(),
+        "returned RTP sequence numbers must be consecutive on loopback; jumps: {:?}",
+        &gaps[..gaps.len().min(10)]
+    );
+    for w in audio.windows(2) {
+        let dts = w[1].timestamp.wrapping_sub(w[0].timestamp);
+        assert!(
+            dts % 160 == 0 && dts > 0 && dts < 160 * 50,
+            "audio RTP timestamps advance by 160 per 20 ms packet; saw {} -> {} (seq {} -> {})",
+            w[0].timestamp,
+            w[1].timestamp,
+            w[0].seq,
+            w[1].seq
+        );
+    }
+}
+
+/// `customParameters` values are all strings (AGENT_PROTOCOL.md) and carry the registered
+/// dynamic variable.
+pub fn check_custom_parameters(start: &Value) {
+    let params = start["start"]["customParameters"]
+        .as_object()
+        .unwrap_or_else(|| panic!("customParameters is not an object: {start}"));
+    for (k, v) in params {
+        assert!(
+            v.is_string(),
+            "customParameters.{k} must be a string, is {v}"
+        );
+    }
+    let text = serde_json::to_string(params).unwrap();
+    assert!(
+        text.contains("Ada"),
+        "customParameters should carry the registered dynamic variable customer=Ada: {text}"
+    );
+}
+
+/// The agent got the caller's tone as 20 ms frames in its own format, numbered properly.
+pub fn check_agent_media(conn: &Connection, encoding: &str) {
+    let media = conn.all("media");
+    assert!(
+        media.len() >= 240,
+        "the agent should get ~250 media frames (5 s of caller audio); got {}",
+        media.len()
+    );
+    let payloads = conn.media_payloads();
+    let want = bytes_per_20ms(encoding);
+    assert!(
+        payloads.iter().all(|p| p.len() == want),
+        "every media payload is 20 ms = {want} bytes in {encoding}; sizes seen: {:?}",
+        payloads
+            .iter()
+            .map(|p| p.len())
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+    for (i, m) in media.iter().enumerate() {
+        assert_eq!(
+            m["media"]["chunk"],
+            (i + 1).to_string(),
+            "media.chunk counts from \"1\" as a string: {m}"
+        );
+        assert_eq!(m["media"]["track"], "inbound", "{m}");
+        assert!(
+            m["media"]["timestamp"].is_string(),
+            "media.timestamp is a string: {m}"
+        );
+    }
+    let mut last_seq = 0u64;
+    for r in &conn.events {
+        let Some(seq) = r.msg["sequenceNumber"].as_str() else {
+            continue;
+        };
+        let seq: u64 = seq
+            .parse()
+            .unwrap_or_else(|_| panic!("sequenceNumber is a number in a string: {}", r.msg));
+        assert!(
+            seq > last_seq,
+            "sequenceNumber must increase: {last_seq} then {seq}"
+        );
+        last_seq = seq;
+    }
+    let (pcm, rate) = audio::agent_media_to_pcm(encoding, &payloads);
+    let tone = audio::find_tone(&pcm, rate, audio::TONE_HZ, 0.5, 300.0);
+    assert!(
+        tone.tone_seconds() >= 4.0,
+        "the agent should hear the caller's 1 kHz tone for ~5 s; found {tone:?}"
+    );
+}
+
+/// After the caller's BYE the agent gets `stop` and the gateway closes with 1000.
+pub fn check_stream_end(conn: &Connection) {
+    let names = conn.event_names();
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("stop"),
+        "the last message is `stop`; got ... {:?}",
+        &names[names.len().saturating_sub(3)..]
+    );
+    assert_eq!(
+        names.iter().filter(|n| *n == "stop").count(),
+        1,
+        "exactly one stop"
+    );
+    assert!(
+        conn.finished,
+        "the websocket should be closed after the call"
+    );
+    assert_eq!(
+        conn.close_code,
+        Some(1000),
+        "the gateway closes the socket with code 1000 after stop"
+    );
+}
