@@ -1,6 +1,8 @@
 //! The official Retell Python SDK against the real binary: `tests/sdk/test_sdk.py` must
 //! pass unchanged but for `base_url`. Needs `python3` with the SDK installed
 //! (`pip install -r tests/sdk/requirements.txt`); without it the test fails and says so.
+//! The server runs at `RUST_LOG=trace` and the test checks that the trunk password the
+//! script imports never appears in its log.
 
 mod common_api;
 
@@ -19,12 +21,15 @@ fn official_retell_sdk_drives_the_api() {
             "python3 with the Retell SDK is needed: pip install -r tests/sdk/requirements.txt"
         ),
     }
-    let server = common_api::Server::start();
+    // TRACE, so the check below covers every log line the binary can write.
+    let server = common_api::Server::start_logging("trace");
+    let trunk_password = format!("trunk-pw-{}", std::process::id());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/test_sdk.py");
     let out = Command::new("python3")
         .arg(script)
         .env("DIALTONE_BASE_URL", &server.base_url)
         .env("DIALTONE_API_KEY", &server.key)
+        .env("DIALTONE_TEST_TRUNK_PASSWORD", &trunk_password)
         .output()
         .expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -33,4 +38,14 @@ fn official_retell_sdk_drives_the_api() {
     assert!(out.status.success(), "SDK script failed");
     assert!(stdout.contains(" 0 failed"), "{stdout}");
     assert!(server.db_path.exists(), "the database file was created");
+    let log_path = server.log_path.as_ref().expect("logging server");
+    let log = std::fs::read_to_string(log_path).expect("read the server log");
+    assert!(
+        log.contains("phone number imported"),
+        "the TRACE log was captured"
+    );
+    assert!(
+        !log.contains(&trunk_password),
+        "the trunk password is in the server log"
+    );
 }

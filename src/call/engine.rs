@@ -165,6 +165,25 @@ impl CallControl for Engine {
     }
 }
 
+/// How an INVITE found its call.
+enum Route {
+    /// `sip:{call_id}@host` for a call registered through the API: it must be claimed.
+    Registered(Call),
+    /// A trunk call to an imported number: a new call record.
+    Number(Call),
+}
+
+/// The user part of a `sip:`/`sips:`/`tel:` URI, unescaped.
+fn user_of(uri: &str) -> Option<String> {
+    if let Some(number) = uri.strip_prefix("tel:") {
+        let number = number.split(';').next().unwrap_or("");
+        return (!number.is_empty()).then(|| number.to_string());
+    }
+    message::SipUri::parse(uri)?
+        .user
+        .map(|u| message::unescape(&u))
+}
+
 /// A rejection sent before the call was claimed: the registration stays usable.
 fn reject(tx: &ServerTxHandle, req: &Request, status: u16, reason: &str) {
     let mut resp = Response::for_request(req, status, reason, Some(&new_tag()));
@@ -201,16 +220,27 @@ impl Engine {
     /// The INVITE for `sip:{call_id}@host`: find the registration, negotiate, claim it,
     /// ring while the agent's socket opens, answer, and run the call to its end.
     async fn inbound_call(self, invite: Request, tx: ServerTxHandle, from: Inbound) {
-        let Some(call_id) = invite.uri_user() else {
+        let Some(user) = invite.uri_user() else {
             return reject(&tx, &invite, 404, "Not Found");
         };
-        let call = match self.inner.store.get_call(&call_id).await {
-            Ok(Some(call)) => call,
-            Ok(None) => return reject(&tx, &invite, 404, "Not Found"),
+        // A registered call's id, or else an imported number (Request-URI user, then To user).
+        let registered = match self.inner.store.get_call(&user).await {
+            Ok(found) => found,
             Err(err) => {
                 warn!(%err, "store unavailable while routing an INVITE");
                 return reject(&tx, &invite, 503, "Service Unavailable");
             }
+        };
+        let route = match registered {
+            Some(call) => Route::Registered(call),
+            None => match self.route_to_number(&invite, &user).await {
+                Ok(Some(call)) => Route::Number(call),
+                Ok(None) => return reject(&tx, &invite, 404, "Not Found"),
+                Err(err) => {
+                    warn!(%err, "store unavailable while routing an INVITE");
+                    return reject(&tx, &invite, 503, "Service Unavailable");
+                }
+            },
         };
         // Check the offer before claiming, so a caller with no common codec does not burn
         // the registration.
@@ -245,26 +275,35 @@ impl Engine {
             },
             None => None,
         };
-        let call = match self
-            .inner
-            .store
-            .claim_registered_call(&call.call_id, now_ms())
-            .await
-        {
-            Ok(Claim::Claimed(call)) => *call,
-            Ok(Claim::Unknown) => return reject(&tx, &invite, 404, "Not Found"),
-            Ok(Claim::AlreadyClaimed) => {
-                return reject(&tx, &invite, 486, "Busy Here (call already answered)")
-            }
-            Ok(Claim::Expired) => {
-                return reject(&tx, &invite, 404, "Not Found (registration expired)")
-            }
-            Err(err) => {
-                warn!(%err, "store unavailable while claiming a call");
-                return reject(&tx, &invite, 503, "Service Unavailable");
+        let call = match route {
+            Route::Registered(call) => match self
+                .inner
+                .store
+                .claim_registered_call(&call.call_id, now_ms())
+                .await
+            {
+                Ok(Claim::Claimed(call)) => *call,
+                Ok(Claim::Unknown) => return reject(&tx, &invite, 404, "Not Found"),
+                Ok(Claim::AlreadyClaimed) => {
+                    return reject(&tx, &invite, 486, "Busy Here (call already answered)")
+                }
+                Ok(Claim::Expired) => {
+                    return reject(&tx, &invite, 404, "Not Found (registration expired)")
+                }
+                Err(err) => {
+                    warn!(%err, "store unavailable while claiming a call");
+                    return reject(&tx, &invite, 503, "Service Unavailable");
+                }
+            },
+            Route::Number(call) => {
+                if let Err(err) = self.inner.store.insert_call(&call).await {
+                    warn!(%err, "could not record an inbound call");
+                    return reject(&tx, &invite, 503, "Service Unavailable");
+                }
+                call
             }
         };
-        info!(call_id = %call.call_id, agent_id = %call.agent_id, "registered call dialled");
+        info!(call_id = %call.call_id, agent_id = %call.agent_id, direction = call.direction.as_str(), "call routed");
         let (input_tx, input_rx) = mpsc::channel(32);
         let local_tag = new_tag();
         let dialog = match Dialog::from_invite(&invite, &local_tag, tx.target()) {
@@ -297,6 +336,75 @@ impl Engine {
         };
         setup.run(self.clone(), input_rx).await;
         drop(registration);
+    }
+
+    /// An inbound trunk call to an imported number: the Request-URI user names it, or else
+    /// the To user. Picks the inbound agent by weight. `None` when no number matches or no
+    /// agent is bound to it (the caller gets 404).
+    async fn route_to_number(
+        &self,
+        invite: &Request,
+        uri_user: &str,
+    ) -> Result<Option<Call>, crate::store::StoreError> {
+        let to_user = invite
+            .headers
+            .get("To")
+            .and_then(|to| message::NameAddr::parse(to).ok())
+            .and_then(|to| user_of(&to.uri));
+        let mut number = self.inner.store.find_number_for_inbound(uri_user).await?;
+        if number.is_none() {
+            if let Some(to_user) = to_user.as_deref() {
+                number = self.inner.store.find_number_for_inbound(to_user).await?;
+            }
+        }
+        let Some(number) = number else {
+            return Ok(None);
+        };
+        let picked = crate::call::number::pick_agent(&number.inbound_agents, rand::random::<f64>());
+        let Some(agent_id) = picked else {
+            info!(number = %number.phone_number, "inbound call to a number with no inbound agent");
+            return Ok(None);
+        };
+        let Some(agent) = self.inner.store.get_agent(agent_id).await? else {
+            warn!(number = %number.phone_number, agent_id, "inbound agent of a number is gone");
+            return Ok(None);
+        };
+        let from_number = invite
+            .headers
+            .get("From")
+            .and_then(|f| message::NameAddr::parse(f).ok())
+            .and_then(|f| user_of(&f.uri));
+        let custom: BTreeMap<String, String> = invite
+            .headers
+            .iter()
+            .filter(|(name, _)| name.len() > 2 && name[..2].eq_ignore_ascii_case("x-"))
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        Ok(Some(Call {
+            call_id: crate::store::new_id("call_"),
+            call_type: "phone_call".to_string(),
+            agent_id: agent.agent_id.clone(),
+            agent_name: agent.agent_name.clone(),
+            agent_version: agent.version,
+            call_status: crate::call::model::CallStatus::Registered,
+            direction: crate::call::model::Direction::Inbound,
+            from_number,
+            to_number: Some(number.phone_number.clone()),
+            metadata: None,
+            retell_llm_dynamic_variables: None,
+            custom_sip_headers: (!custom.is_empty()).then_some(custom),
+            start_timestamp: None,
+            end_timestamp: None,
+            duration_ms: None,
+            disconnection_reason: None,
+            telephony_identifier: None,
+            transfer_destination: None,
+            sip_uri: None,
+            codec: None,
+            sip_status: None,
+            registered_until: None,
+            created_timestamp: now_ms(),
+        }))
     }
 
     fn media_ip(&self, from: &Inbound) -> IpAddr {

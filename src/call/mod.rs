@@ -2,6 +2,7 @@
 
 pub mod engine;
 pub mod model;
+pub mod number;
 
 /// What the HTTP API may ask of live calls. The call engine implements it; the API holds
 /// it as `Arc<dyn CallControl>` so neither knows the other's insides.

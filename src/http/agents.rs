@@ -137,7 +137,7 @@ impl EngineIn {
 }
 
 /// Checks an absolute URL with one of `schemes` and a host; length-bounded, no spaces.
-fn check_url(url: &str, schemes: &[&str], field: &str) -> Result<(), ApiError> {
+pub(crate) fn check_url(url: &str, schemes: &[&str], field: &str) -> Result<(), ApiError> {
     let bad = |why: &str| ApiError::bad_field(field, format!("{field} {why}"));
     if url.len() > MAX_URL_LEN {
         return Err(bad(&format!("is longer than {MAX_URL_LEN} bytes")));

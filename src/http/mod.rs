@@ -16,6 +16,7 @@ pub mod agents;
 pub mod auth;
 pub mod calls;
 pub mod error;
+pub mod numbers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,6 +128,18 @@ fn api_routes() -> Router<AppState> {
         .route("/v2/update-call/{call_id}", patch(calls::update))
         .route("/v2/delete-call/{call_id}", delete(calls::remove))
         .route("/v2/stop-call/{call_id}", post(calls::stop))
+        .route("/import-phone-number", post(numbers::import))
+        .route("/get-phone-number/{phone_number}", get(numbers::retrieve))
+        .route("/list-phone-numbers", get(numbers::list))
+        .route("/v2/list-phone-numbers", get(numbers::list_v2))
+        .route(
+            "/update-phone-number/{phone_number}",
+            patch(numbers::update),
+        )
+        .route(
+            "/delete-phone-number/{phone_number}",
+            delete(numbers::remove),
+        )
 }
 
 /// Assembles the public routes, the authenticated `api` and the shared layers. Split out

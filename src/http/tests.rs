@@ -395,3 +395,6 @@ async fn serve_answers_and_stops_on_shutdown() {
 
 /// The agent and call handlers.
 mod api;
+
+/// The phone number handlers.
+mod numbers;

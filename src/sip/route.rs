@@ -75,8 +75,10 @@ pub fn destination(uri: &str) -> Result<Destination, RouteError> {
         None => None,
         Some(p) => {
             Some(
-                p.parse::<u16>()
-                    .ok()
+                // Digits only: Rust's integer parser would also take a leading '+'.
+                Some(p)
+                    .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|p| p.parse::<u16>().ok())
                     .filter(|p| *p != 0)
                     .ok_or_else(|| RouteError::Port {
                         uri: uri.into(),
@@ -194,6 +196,10 @@ mod tests {
         ));
         assert!(matches!(
             destination("sip:bob@h:0"),
+            Err(RouteError::Port { .. })
+        ));
+        assert!(matches!(
+            destination("sip:tel:+1"),
             Err(RouteError::Port { .. })
         ));
         assert!(matches!(

@@ -1,5 +1,5 @@
-//! Durable state: agents and call records, in SQLite (one node) or PostgreSQL (several
-//! nodes sharing one database), through one set of queries.
+//! Durable state: agents, imported phone numbers and call records, in SQLite (one node)
+//! or PostgreSQL (several nodes sharing one database), through one set of queries.
 //!
 //! Both backends run the same SQL through `sqlx::Any`: placeholders are written `$1`, `$2`,
 //! … (PostgreSQL's syntax, which SQLite also accepts), columns are TEXT or BIGINT, JSON is
@@ -13,6 +13,7 @@
 
 mod agents;
 mod calls;
+mod numbers;
 mod sweeper;
 
 #[cfg(test)]
@@ -246,11 +247,18 @@ async fn set_wal(url: &str) -> Result<(), StoreError> {
 #[derive(Debug)]
 struct Embedded;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "agents and calls",
-    include_str!("migrations/0001_agents_calls.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "agents and calls",
+        include_str!("migrations/0001_agents_calls.sql"),
+    ),
+    (
+        2,
+        "phone numbers",
+        include_str!("migrations/0002_phone_numbers.sql"),
+    ),
+];
 
 impl MigrationSource<'static> for Embedded {
     fn resolve(

@@ -10,6 +10,7 @@ use super::*;
 use crate::call::model::{
     Agent, AudioEncoding, Call, CallStatus, Direction, DisconnectionReason, ResponseEngine,
 };
+use crate::call::number::{PhoneNumber, Secret, Transport, WeightedAgent};
 
 const PG_ENV: &str = "DIALTONE_TEST_POSTGRES_URL";
 
@@ -80,6 +81,10 @@ suite!(
     claim_race_has_one_winner,
     expiry_sweeps_only_unclaimed_passed_windows,
     ongoing_then_finish_is_idempotent,
+    number_crud,
+    number_lookups_ignore_the_plus,
+    number_updates_do_not_lose_each_other,
+    number_listing_pages,
 );
 
 fn agent(id: &str, created: i64) -> Agent {
@@ -833,4 +838,235 @@ fn ids_are_random_hex() {
     assert!(a[5..]
         .chars()
         .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+}
+
+/// A random NANP-looking E.164 number, so parallel Postgres cases never collide.
+fn random_number() -> String {
+    format!(
+        "+1{}",
+        2_000_000_000 + rand::random::<u64>() % 7_000_000_000
+    )
+}
+
+fn number(phone_number: &str, created: i64) -> PhoneNumber {
+    PhoneNumber {
+        phone_number: phone_number.to_owned(),
+        nickname: Some("front desk".to_owned()),
+        inbound_agents: vec![
+            WeightedAgent {
+                agent_id: "agent_a".to_owned(),
+                weight: 0.25,
+                agent_version: None,
+            },
+            WeightedAgent {
+                agent_id: "agent_b".to_owned(),
+                weight: 0.75,
+                agent_version: Some(crate::call::number::AgentVersion::Number(3)),
+            },
+        ],
+        outbound_agents: vec![],
+        inbound_webhook_url: Some("https://example.com/inbound".to_owned()),
+        termination_uri: "trunk.example.com:5080;transport=tcp".to_owned(),
+        sip_trunk_auth_username: Some("trunkuser".to_owned()),
+        sip_trunk_auth_password: Some(Secret::new("trunk-pass-1")),
+        transport: Transport::Tcp,
+        allowed_inbound_country_list: Some(vec!["US".to_owned(), "CA".to_owned()]),
+        allowed_outbound_country_list: None,
+        codecs: vec!["PCMU".to_owned(), "G722".to_owned()],
+        version: 0,
+        created_timestamp: created,
+        last_modification_timestamp: created,
+    }
+}
+
+async fn number_crud(store: &Store) {
+    let n = random_number();
+    let record = number(&n, 1_000);
+    store.create_number(&record).await.unwrap();
+    assert_eq!(store.get_number(&n).await.unwrap().as_ref(), Some(&record));
+    assert!(matches!(
+        store.create_number(&record).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    // The same number without its '+' is the same number.
+    let bare = number(&n[1..], 1_000);
+    assert!(matches!(
+        store.create_number(&bare).await,
+        Err(StoreError::Duplicate(_))
+    ));
+
+    let updated = store
+        .update_number::<StoreError, _>(&n, 5_000, |r| {
+            r.nickname = None;
+            r.transport = Transport::Tls;
+            r.sip_trunk_auth_password = Some(Secret::new("trunk-pass-2"));
+            r.outbound_agents = vec![WeightedAgent {
+                agent_id: "agent_c".to_owned(),
+                weight: 1.0,
+                agent_version: None,
+            }];
+            r.phone_number = "+19999999999".to_owned(); // the key cannot change
+            Ok(())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.phone_number, n);
+    assert_eq!(updated.version, 1);
+    assert_eq!(updated.last_modification_timestamp, 5_000);
+    assert_eq!(updated.created_timestamp, 1_000);
+    assert_eq!(updated.nickname, None);
+    assert_eq!(updated.transport, Transport::Tls);
+    assert_eq!(updated.inbound_agents, record.inbound_agents, "untouched");
+    let read = store.get_number(&n).await.unwrap().unwrap();
+    assert_eq!(read, updated);
+    assert_eq!(
+        read.sip_trunk_auth_password.as_ref().map(Secret::expose),
+        Some("trunk-pass-2")
+    );
+
+    // An edit that fails writes nothing.
+    let failed = store
+        .update_number(&n, 9_000, |r| {
+            r.nickname = Some("never".to_owned());
+            Err(StoreError::UnknownCursor)
+        })
+        .await;
+    assert!(matches!(failed, Err(StoreError::UnknownCursor)));
+    assert_eq!(store.get_number(&n).await.unwrap(), Some(updated));
+
+    let missing = store
+        .update_number::<StoreError, _>(&random_number(), 1, |_| Ok(()))
+        .await
+        .unwrap();
+    assert_eq!(missing, None);
+
+    assert!(
+        store.delete_number(&n[1..]).await.unwrap(),
+        "deleted without the +"
+    );
+    assert!(!store.delete_number(&n).await.unwrap());
+    assert_eq!(store.get_number(&n).await.unwrap(), None);
+}
+
+async fn number_lookups_ignore_the_plus(store: &Store) {
+    let n = random_number();
+    store.create_number(&number(&n, 1)).await.unwrap();
+    let digits = &n[1..];
+    for spelling in [
+        n.clone(),
+        digits.to_owned(),
+        format!(" {digits}"), // a '+' that a form decoder turned into a space
+        format!("{n};npdi;rn=+1415"),
+        format!("{}-{}-{}", &digits[..4], &digits[4..7], &digits[7..]),
+    ] {
+        let found = store.find_number_for_inbound(&spelling).await.unwrap();
+        assert_eq!(
+            found.map(|f| f.phone_number),
+            Some(n.clone()),
+            "{spelling:?}"
+        );
+    }
+    assert_eq!(
+        store
+            .get_number(digits)
+            .await
+            .unwrap()
+            .unwrap()
+            .phone_number,
+        n
+    );
+    assert_eq!(store.find_number_for_inbound("").await.unwrap(), None);
+    assert_eq!(store.find_number_for_inbound(";x").await.unwrap(), None);
+    assert_eq!(
+        store
+            .find_number_for_inbound(&random_number())
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A pseudo number stored without '+' is found with one too.
+    let pseudo = format!("ext{}", rand::random::<u32>());
+    store.create_number(&number(&pseudo, 2)).await.unwrap();
+    let found = store
+        .find_number_for_inbound(&format!("+{pseudo}"))
+        .await
+        .unwrap();
+    assert_eq!(found.map(|f| f.phone_number), Some(pseudo));
+}
+
+async fn number_updates_do_not_lose_each_other(store: &Store) {
+    let n = random_number();
+    let mut record = number(&n, 1);
+    record.codecs = vec![];
+    store.create_number(&record).await.unwrap();
+    let store = Arc::new(store.clone());
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (store, n) = (store.clone(), n.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .update_number::<StoreError, _>(&n, 10, |r| {
+                    r.codecs.push(format!("C{i}"));
+                    Ok(())
+                })
+                .await
+                .unwrap()
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let r = store.get_number(&n).await.unwrap().unwrap();
+    assert_eq!(r.version, 8);
+    assert_eq!(r.codecs.len(), 8, "{:?}", r.codecs);
+}
+
+async fn number_listing_pages(store: &Store) {
+    // Far-future creation times keep other tests' numbers out of the way on Postgres.
+    let base = 4_000_000_000_000 + rand::random::<u32>() as i64 * 10;
+    let numbers: Vec<String> = (0..5).map(|_| random_number()).collect();
+    for (i, n) in numbers.iter().enumerate() {
+        store
+            .create_number(&number(n, base + i as i64))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut key: Option<String> = None;
+    loop {
+        let page = store
+            .list_numbers(SortOrder::Ascending, Some(2), key.as_deref())
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.iter().map(|r| r.phone_number.clone()));
+        key = page.items.last().map(|r| r.phone_number.clone());
+        if !page.has_more {
+            break;
+        }
+    }
+    let ours: Vec<&String> = seen.iter().filter(|n| numbers.contains(n)).collect();
+    assert_eq!(ours, numbers.iter().collect::<Vec<_>>());
+
+    let all = store
+        .list_numbers(SortOrder::Descending, None, None)
+        .await
+        .unwrap();
+    assert!(!all.has_more);
+    let ours: Vec<&String> = all
+        .items
+        .iter()
+        .map(|r| &r.phone_number)
+        .filter(|n| numbers.contains(n))
+        .collect();
+    assert_eq!(ours, numbers.iter().rev().collect::<Vec<_>>());
+    assert!(matches!(
+        store
+            .list_numbers(SortOrder::Ascending, Some(2), Some("+10000000000"))
+            .await,
+        Err(StoreError::UnknownCursor)
+    ));
 }

@@ -12,6 +12,8 @@ pub struct Server {
     pub key: String,
     pub http: SocketAddr,
     pub db_path: PathBuf,
+    /// The server's stderr, when started with [`Server::start_logging`].
+    pub log_path: Option<PathBuf>,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -32,8 +34,21 @@ fn free_udp() -> SocketAddr {
 
 impl Server {
     /// Starts the binary and waits until `/healthz` answers 200.
+    #[allow(dead_code)] // not every test binary uses it
     pub fn start() -> Server {
+        Server::start_with(None)
+    }
+
+    /// Like [`Server::start`], with `RUST_LOG=rust_log` and stderr written to
+    /// [`Server::log_path`], for tests that read the log.
+    #[allow(dead_code)] // not every test binary reads logs
+    pub fn start_logging(rust_log: &str) -> Server {
+        Server::start_with(Some(rust_log))
+    }
+
+    fn start_with(rust_log: Option<&str>) -> Server {
         let dir = tempfile::tempdir().unwrap();
+        let log_path = rust_log.map(|_| dir.path().join("server.log"));
         let db_path = dir.path().join("data").join("t.db");
         let key = "sdk-test-key-0123456789".to_owned();
         let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml");
@@ -51,9 +66,12 @@ impl Server {
                     format!("sqlite://{}", db_path.display()),
                 )
                 .env("DIALTONE__API__KEYS", &key)
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", rust_log.unwrap_or("warn"))
                 .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
+                .stderr(match &log_path {
+                    Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                    None => Stdio::inherit(),
+                })
                 .spawn()
                 .expect("start the dialtone binary");
             if wait_healthy(http, &mut child) {
@@ -62,6 +80,7 @@ impl Server {
                     key,
                     http,
                     db_path,
+                    log_path,
                     child,
                     _dir: dir,
                 };

@@ -19,6 +19,8 @@ from retell import Retell
 
 BASE_URL = os.environ["DIALTONE_BASE_URL"]
 KEY = os.environ["DIALTONE_API_KEY"]
+# The Rust harness checks that this never shows up in the server's TRACE log.
+TRUNK_PASSWORD = os.environ.get("DIALTONE_TEST_TRUNK_PASSWORD", "trunk-pw-not-for-logs")
 
 client = Retell(api_key=KEY, base_url=BASE_URL, max_retries=0)
 results = []
@@ -197,6 +199,182 @@ def list_update_stop_delete_calls():
     try:
         client.call.stop("call_nope")
         raise AssertionError("stopped a call that does not exist")
+    except retell.NotFoundError:
+        pass
+
+
+def no_password(number, raw_text=None):
+    """The trunk password must not be anywhere in a phone number response."""
+    dumped = repr(number.model_dump()) + repr(number.model_extra or {})
+    assert TRUNK_PASSWORD not in dumped, dumped
+    assert "password" not in dumped, dumped
+    if raw_text is not None:
+        assert TRUNK_PASSWORD not in raw_text and "password" not in raw_text, raw_text
+
+
+@case
+def phone_number_import_and_retrieve():
+    a = new_agent(agent_name="inbound a")
+    b = new_agent(agent_name="inbound b")
+    n = client.phone_number.import_(
+        phone_number="+14155550100",
+        termination_uri="example.pstn.twilio.com",
+        sip_trunk_auth_username="trunkuser",
+        sip_trunk_auth_password=TRUNK_PASSWORD,
+        inbound_agents=[
+            {"agent_id": a.agent_id, "weight": 0.7},
+            {"agent_id": b.agent_id, "weight": 0.3},
+        ],
+        outbound_agents=[{"agent_id": a.agent_id, "weight": 1}],
+        nickname="front desk",
+        allowed_inbound_country_list=["US", "CA"],
+        codecs=["PCMU", "PCMA"],
+    )
+    assert n.phone_number == "+14155550100"
+    assert n.phone_number_type == "custom"
+    assert n.phone_number_pretty == "+1 (415) 555-0100", n.phone_number_pretty
+    assert n.nickname == "front desk"
+    assert [(x.agent_id, x.weight) for x in n.inbound_agents] == [
+        (a.agent_id, 0.7),
+        (b.agent_id, 0.3),
+    ], n.inbound_agents
+    assert [x.agent_id for x in n.outbound_agents] == [a.agent_id]
+    assert n.allowed_inbound_country_list == ["US", "CA"]
+    cfg = n.sip_outbound_trunk_config
+    assert cfg.termination_uri == "example.pstn.twilio.com"
+    assert cfg.auth_username == "trunkuser"
+    assert cfg.transport == "TCP"
+    assert cfg.codecs == ["PCMU", "PCMA"]
+    assert n.last_modification_timestamp > 0
+    no_password(n)
+
+    got = client.phone_number.retrieve("+14155550100")
+    assert got.phone_number == n.phone_number and got.nickname == "front desk"
+    no_password(got)
+    # The raw JSON, not just what the SDK's model kept.
+    raw = client.phone_number.with_raw_response.retrieve("+14155550100")
+    assert raw.http_request.url.path.endswith("+14155550100"), raw.http_request.url
+    no_password(got, raw.http_response.text)
+    # Without the '+' too.
+    assert client.phone_number.retrieve("14155550100").phone_number == "+14155550100"
+
+
+@case
+def phone_number_import_errors():
+    a = new_agent(agent_name="errors")
+    client.phone_number.import_(phone_number="+14155550111", termination_uri="t.example.com")
+    try:
+        client.phone_number.import_(phone_number="+14155550111", termination_uri="t.example.com")
+        raise AssertionError("imported a number twice")
+    except retell.ConflictError:
+        pass
+    for bad in (
+        dict(phone_number="4155550100", termination_uri="t.example.com"),
+        dict(phone_number="+14155550112", termination_uri="tel:+1"),
+        dict(phone_number="+14155550112", termination_uri="t.example.com", transport="SCTP"),
+        dict(
+            phone_number="+14155550112",
+            termination_uri="t.example.com",
+            inbound_agents=[{"agent_id": a.agent_id, "weight": 0.5}],
+        ),
+        dict(
+            phone_number="+14155550112",
+            termination_uri="t.example.com",
+            allowed_outbound_country_list=["usa"],
+        ),
+    ):
+        try:
+            client.phone_number.import_(**bad)
+            raise AssertionError(f"accepted {bad}")
+        except retell.BadRequestError as e:
+            assert e.status_code == 400
+    try:
+        client.phone_number.import_(
+            phone_number="+14155550112",
+            termination_uri="t.example.com",
+            outbound_agents=[{"agent_id": "agent_nope", "weight": 1}],
+        )
+        raise AssertionError("bound a missing agent")
+    except retell.NotFoundError as e:
+        assert "agent_nope" in str(e)
+    try:
+        client.phone_number.retrieve("+14155550112")
+        raise AssertionError("a failed import left a number behind")
+    except retell.NotFoundError:
+        pass
+
+
+@case
+def phone_number_list():
+    for i in range(3):
+        client.phone_number.import_(
+            phone_number=f"+1650555010{i}", termination_uri="t.example.com"
+        )
+    page = client.phone_number.list(limit=1000)
+    numbers = [n.phone_number for n in page.items]
+    print(f"     listed {len(numbers)} phone numbers")
+    assert {"+16505550100", "+16505550101", "+16505550102"} <= set(numbers), numbers
+    assert not page.has_more
+    for n in page.items:
+        no_password(n)
+    first = client.phone_number.list(limit=2, sort_order="ascending")
+    assert len(first.items) == 2 and first.has_more
+    assert first.pagination_key == first.items[-1].phone_number
+    rest = client.phone_number.list(
+        limit=1000, sort_order="ascending", pagination_key=first.pagination_key
+    )
+    assert len(first.items) + len(rest.items) == len(numbers) and not rest.has_more
+
+
+@case
+def phone_number_update():
+    a = new_agent(agent_name="outbound")
+    client.phone_number.import_(
+        phone_number="+14155550120",
+        termination_uri="trunk.example.com",
+        sip_trunk_auth_username="u1",
+        sip_trunk_auth_password="first-password",
+        nickname="before",
+    )
+    u = client.phone_number.update(
+        "+14155550120",
+        nickname="after",
+        auth_username="u2",
+        auth_password=TRUNK_PASSWORD,
+        transport="UDP",
+        outbound_agents=[{"agent_id": a.agent_id, "weight": 1}],
+        termination_uri="trunk2.example.com:5080",
+    )
+    assert u.nickname == "after"
+    assert u.sip_outbound_trunk_config.auth_username == "u2"
+    assert u.sip_outbound_trunk_config.transport == "UDP"
+    assert u.sip_outbound_trunk_config.termination_uri == "trunk2.example.com:5080"
+    assert [x.agent_id for x in u.outbound_agents] == [a.agent_id]
+    no_password(u)
+    got = client.phone_number.retrieve("+14155550120")
+    assert got.nickname == "after" and got.sip_outbound_trunk_config.transport == "UDP"
+    raw = client.phone_number.with_raw_response.retrieve("+14155550120")
+    no_password(got, raw.http_response.text)
+    try:
+        client.phone_number.update("+14155550120", transport="SCTP")
+        raise AssertionError("accepted transport SCTP")
+    except retell.BadRequestError:
+        pass
+    assert client.phone_number.retrieve("+14155550120").nickname == "after"
+
+
+@case
+def phone_number_delete():
+    client.phone_number.import_(phone_number="+14155550130", termination_uri="t.example.com")
+    client.phone_number.delete("+14155550130")
+    try:
+        client.phone_number.retrieve("+14155550130")
+        raise AssertionError("deleted number still retrievable")
+    except retell.NotFoundError:
+        pass
+    try:
+        client.phone_number.delete("+14155550130")
+        raise AssertionError("deleted a number twice")
     except retell.NotFoundError:
         pass
 
