@@ -53,6 +53,8 @@ enum AgentCmd {
     Hangup,
     /// Close the websocket with this code.
     Close(u16),
+    /// Drop the TCP connection without any close frame.
+    Drop,
 }
 
 /// Everything one agent connection saw.
@@ -253,6 +255,10 @@ async fn serve_agent(mut stream: tokio::net::TcpStream, mode: AgentMode, conns: 
                     let frame = CloseFrame { code: CloseCode::from(code), reason: "test agent".into() };
                     let _ = ws.close(Some(frame)).await;
                     // Keep reading: the gateway's reply completes the handshake.
+                }
+                Some(AgentCmd::Drop) => {
+                    record(&mut |c| c.we_closed = true);
+                    break;
                 }
                 None => {}
             },
@@ -1351,4 +1357,193 @@ async fn rtp_ports_are_freed_by_every_ending() {
         server.log().contains("call ended"),
         "the server logs each ending"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// More endings: the agent's connection dropping, stop-call while ringing, BYE before the
+// ACK, an ACK that never comes, RTP that stops (inactivity)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_connection_dropped_without_close_ends_lost_connection() {
+    let mut c = answered_call(&[], true).await;
+    c.agent.command(&c.call_id, AgentCmd::Drop);
+    expect_bye(&mut c.leg, Duration::from_secs(8), "agent TCP dropped").await;
+    expect_final(
+        &c.server,
+        &c.call_id,
+        "error",
+        "error_llm_websocket_lost_connection",
+        c.t0,
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_call_while_ringing_refuses_the_invite_and_ends_manual_stopped() {
+    let server =
+        Dialtone::start_with(&[("DIALTONE__CALLS__AGENT_CONNECT_TIMEOUT_MS", "15000")]).await;
+    let agent = ScriptedAgent::start(AgentMode::Stall(Duration::from_secs(30))).await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    let call_id = register(&server, &agent_id).await;
+    let t0 = now_ms();
+    let mut leg = Leg::new(server.sip, &call_id).await;
+    let offer = leg.offer("sendrecv");
+    if let Some(early) = leg.invite_until_ringing(Some(&offer)).await {
+        panic!("final response before ringing:\n{}", early.raw);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent.with(|all| all.iter().all(|c| c.stalled_bytes == 0)) {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never reached the agent; connections:\n{}",
+            agent.describe_all()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = server
+        .api("POST", &format!("/v2/stop-call/{call_id}"), None)
+        .await;
+    assert!(
+        (200..300).contains(&status),
+        "stop-call of a ringing call: {status} {body}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let fin = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = leg
+            .recv(left)
+            .await
+            .expect("no final response to the INVITE within 5 s of stop-call");
+        if msg.cseq_method() == Some("INVITE") && msg.status().is_some_and(|s| s >= 200) {
+            break msg;
+        }
+    };
+    let code = fin.status().unwrap();
+    assert!(
+        (400..700).contains(&code),
+        "a call stopped while ringing is refused, never answered; got:\n{}",
+        fin.raw
+    );
+    leg.ack_non_2xx(&fin).await;
+    expect_final(&server, &call_id, "ended", "manual_stopped", t0, false).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !agent.with(|all| all.iter().all(|c| c.stalled_peer_closed)) {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled agent connection stayed open after stop-call; connections:\n{}",
+            agent.describe_all()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bye_before_the_ack_ends_user_hangup() {
+    let server = Dialtone::start().await;
+    let agent = ScriptedAgent::start(AgentMode::Echo).await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    let call_id = register(&server, &agent_id).await;
+    let t0 = now_ms();
+    let mut leg = Leg::new(server.sip, &call_id).await;
+    let offer = leg.offer("sendrecv");
+    let (_, fin) = leg.invite(Some(&offer), Duration::from_secs(15)).await;
+    let ok = fin.expect("no final response to the INVITE");
+    assert_eq!(ok.status(), Some(200), "{}", ok.raw);
+    // No ACK: hang up at once.
+    assert_eq!(
+        leg.bye().await,
+        Some(200),
+        "a BYE before the ACK is answered 200"
+    );
+    expect_final(&server, &call_id, "ended", "user_hangup", t0, true).await;
+    agent
+        .wait_conn(&call_id, Duration::from_secs(5), "socket closed", |conn| {
+            conn.finished
+        })
+        .await;
+    let (names, close, _) = agent.conn_summary(&call_id);
+    assert!(
+        names.iter().any(|n| n == "stop"),
+        "the agent gets `stop`; got {names:?}"
+    );
+    assert_eq!(close, Some(1000), "and a close with 1000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_ack_ends_the_call_with_bye_after_64_t1() {
+    // T1 = 100 ms: the 200 is retransmitted, and the call given up after 6.4 s.
+    let server = Dialtone::start_with(&[("DIALTONE__SIP__T1_MS", "100")]).await;
+    let agent = ScriptedAgent::start(AgentMode::Echo).await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    let call_id = register(&server, &agent_id).await;
+    let t0 = now_ms();
+    let mut leg = Leg::new(server.sip, &call_id).await;
+    let offer = leg.offer("sendrecv");
+    let (_, fin) = leg.invite(Some(&offer), Duration::from_secs(15)).await;
+    let ok = fin.expect("no final response to the INVITE");
+    assert_eq!(ok.status(), Some(200), "{}", ok.raw);
+    let mut retransmitted = 0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let bye = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(msg) = leg.recv(left).await else {
+            panic!(
+                "no BYE within 15 s of an unacknowledged 200 ({retransmitted} 200 \
+                 retransmissions seen)"
+            );
+        };
+        if msg.status() == Some(200) && msg.cseq_method() == Some("INVITE") {
+            retransmitted += 1;
+        }
+        if msg.method() == Some("BYE") {
+            break msg;
+        }
+    };
+    assert!(
+        retransmitted >= 2,
+        "the 200 must be retransmitted while no ACK comes; saw {retransmitted}"
+    );
+    assert_eq!(bye.header("call-id"), Some(leg.call_id.as_str()));
+    let call = server
+        .wait_call_final(&call_id, Duration::from_secs(10))
+        .await;
+    eprintln!("call {call_id} final: {call}");
+    assert_final(&call, "error", "error_unknown", t0, true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtp_that_stops_ends_the_call_for_inactivity() {
+    let server = Dialtone::start().await;
+    let agent = ScriptedAgent::start(AgentMode::Echo).await;
+    let (status, body) = server
+        .api(
+            "POST",
+            "/create-agent",
+            Some(json!({
+                "agent_name": unique("td-silence-"),
+                "end_call_after_silence_ms": 10_000,
+                "response_engine": {
+                    "type": "audio-websocket",
+                    "url": agent.url(),
+                    "audio_encoding": "mulaw_8000",
+                },
+            })),
+        )
+        .await;
+    assert!(
+        (200..300).contains(&status),
+        "create-agent: {status} {body}"
+    );
+    let agent_id = body["agent_id"].as_str().expect("agent_id").to_string();
+    let call_id = register(&server, &agent_id).await;
+    let t0 = now_ms();
+    let mut leg = Leg::new(server.sip, &call_id).await;
+    let ok = leg.answered_call(&server).await;
+    let media = ok.sdp_media_addr().expect("SDP in the 200");
+    leg.send_rtp(media, 1, 25).await;
+    // Then silence at the RTP level: after 10 s of it the gateway hangs up.
+    expect_bye(&mut leg, Duration::from_secs(20), "RTP stopped").await;
+    expect_final(&server, &call_id, "ended", "inactivity", t0, true).await;
 }
