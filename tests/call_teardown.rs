@@ -849,6 +849,35 @@ async fn expect_bye(leg: &mut Leg, limit: Duration, why: &str) -> SipMsg {
     })
 }
 
+/// The `dialtone_media_sessions` gauge from `/metrics` (None when not exported yet).
+async fn media_sessions(server: &Dialtone) -> Option<f64> {
+    let text = server.metrics().await;
+    text.lines()
+        .find(|l| {
+            l.starts_with("dialtone_media_sessions ") || l.starts_with("dialtone_media_sessions{")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// After the calls ended, their media tasks are gone: the live media-session gauge reads 0.
+async fn assert_media_tasks_freed(server: &Dialtone) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = media_sessions(server).await;
+        // Absent: no media session was ever started (the call ended before the ACK).
+        if now.is_none() || now == Some(0.0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dialtone_media_sessions is {now:?} 5 s after every call ended (expected 0): a \
+             media task outlived its call"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A server, a scripted echo agent, and an answered call with some RTP sent.
 struct Answered {
     server: Dialtone,
@@ -943,6 +972,7 @@ async fn stop_call_sends_bye_stops_the_agent_and_ends_manual_stopped() {
         after["end_timestamp"], call["end_timestamp"],
         "the ending is recorded once: {after}"
     );
+    assert_media_tasks_freed(&c.server).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -969,6 +999,7 @@ async fn agent_hangup_event_sends_bye_and_ends_agent_hangup() {
         "after `hangup` the agent still gets `stop`; got {names:?}"
     );
     assert_eq!(close, Some(1000), "then the gateway closes with 1000");
+    assert_media_tasks_freed(&c.server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -985,6 +1016,7 @@ async fn agent_close_1000_sends_bye_and_ends_agent_hangup() {
             |conn| conn.finished,
         )
         .await;
+    assert_media_tasks_freed(&c.server).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1013,6 +1045,7 @@ async fn agent_close_1011_sends_bye_and_ends_websocket_runtime_error() {
             |conn| conn.finished,
         )
         .await;
+    assert_media_tasks_freed(&c.server).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1110,6 +1143,7 @@ async fn no_rtp_at_all_ends_with_bye_and_no_audio_error() {
         "the agent gets `stop` when the call ends for no audio; got {names:?}"
     );
     assert_eq!(close, Some(1000), "then the gateway closes with 1000");
+    assert_media_tasks_freed(&c.server).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1170,6 +1204,7 @@ async fn invite_without_sdp_offer_in_200_answer_in_ack_then_bye() {
         "the caller's BYE is answered 200"
     );
     let call = expect_final(&server, &call_id, "ended", "user_hangup", t0, true).await;
+    assert_media_tasks_freed(&server).await;
     // The call object's negotiated codec is the one the ACK's answer chose.
     assert_eq!(
         call["codec"], "PCMU",
@@ -1242,6 +1277,7 @@ async fn reinvite_hold_pauses_the_no_audio_timeout_and_unhold_resumes() {
         "the caller's BYE is answered 200"
     );
     expect_final(&c.server, &c.call_id, "ended", "user_hangup", c.t0, true).await;
+    assert_media_tasks_freed(&c.server).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1357,6 +1393,7 @@ async fn rtp_ports_are_freed_by_every_ending() {
         server.log().contains("call ended"),
         "the server logs each ending"
     );
+    assert_media_tasks_freed(&server).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1378,6 +1415,7 @@ async fn agent_connection_dropped_without_close_ends_lost_connection() {
         true,
     )
     .await;
+    assert_media_tasks_freed(&c.server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1469,6 +1507,7 @@ async fn bye_before_the_ack_ends_user_hangup() {
         "the agent gets `stop`; got {names:?}"
     );
     assert_eq!(close, Some(1000), "and a close with 1000");
+    assert_media_tasks_freed(&server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1511,6 +1550,7 @@ async fn missing_ack_ends_the_call_with_bye_after_64_t1() {
         .await;
     eprintln!("call {call_id} final: {call}");
     assert_final(&call, "error", "error_unknown", t0, true);
+    assert_media_tasks_freed(&server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1546,4 +1586,5 @@ async fn rtp_that_stops_ends_the_call_for_inactivity() {
     // Then silence at the RTP level: after 10 s of it the gateway hangs up.
     expect_bye(&mut leg, Duration::from_secs(20), "RTP stopped").await;
     expect_final(&server, &call_id, "ended", "inactivity", t0, true).await;
+    assert_media_tasks_freed(&server).await;
 }
