@@ -1104,9 +1104,9 @@ async fn cancel_while_agent_stalls_gets_487_and_ends_user_hangup() {
     let late = leg.recv(Duration::from_millis(1500)).await;
     if let Some(m) = late {
         assert!(
-            !(m.status() == Some(200) && m.cseq_method() == Some("INVITE"))
-                && m.method() != Some("BYE"),
-            "after the 487, the gateway sent:\n{}",
+            m.cseq_method() != Some("INVITE") && m.method() != Some("BYE"),
+            "after the 487 and its ACK, the gateway sent (a retransmitted 487 means the ACK \
+             was not matched to the INVITE transaction):\n{}",
             m.raw
         );
     }
@@ -1586,5 +1586,41 @@ async fn rtp_that_stops_ends_the_call_for_inactivity() {
     // Then silence at the RTP level: after 10 s of it the gateway hangs up.
     expect_bye(&mut leg, Duration::from_secs(20), "RTP stopped").await;
     expect_final(&server, &call_id, "ended", "inactivity", t0, true).await;
+    assert_media_tasks_freed(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_call_before_the_ack_sends_bye_and_ends_manual_stopped() {
+    let server = Dialtone::start().await;
+    let agent = ScriptedAgent::start(AgentMode::Echo).await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    let call_id = register(&server, &agent_id).await;
+    let t0 = now_ms();
+    let mut leg = Leg::new(server.sip, &call_id).await;
+    let offer = leg.offer("sendrecv");
+    let (_, fin) = leg.invite(Some(&offer), Duration::from_secs(15)).await;
+    let ok = fin.expect("no final response to the INVITE");
+    assert_eq!(ok.status(), Some(200), "{}", ok.raw);
+    // The 200 is not ACKed yet: stop the call through the API.
+    let (status, body) = server
+        .api("POST", &format!("/v2/stop-call/{call_id}"), None)
+        .await;
+    assert!(
+        (200..300).contains(&status),
+        "stop-call of an answered, unacknowledged call: {status} {body}"
+    );
+    expect_bye(&mut leg, Duration::from_secs(8), "stop-call before the ACK").await;
+    expect_final(&server, &call_id, "ended", "manual_stopped", t0, true).await;
+    agent
+        .wait_conn(&call_id, Duration::from_secs(5), "socket closed", |conn| {
+            conn.finished
+        })
+        .await;
+    let (names, close, _) = agent.conn_summary(&call_id);
+    assert!(
+        names.iter().any(|n| n == "stop"),
+        "the agent gets `stop`; got {names:?}"
+    );
+    assert_eq!(close, Some(1000), "and a close with 1000");
     assert_media_tasks_freed(&server).await;
 }
