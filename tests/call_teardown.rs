@@ -1624,3 +1624,51 @@ async fn stop_call_before_the_ack_sends_bye_and_ends_manual_stopped() {
     assert_eq!(close, Some(1000), "and a close with 1000");
     assert_media_tasks_freed(&server).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinvite_without_sdp_hold_answered_in_the_ack_keeps_the_call_up() {
+    // A delayed-offer re-INVITE: no SDP in it, our offer in the 200, the caller's answer
+    // (a hold: sendonly) in the ACK. No RTP at all: if the ACK's answer were ignored the
+    // call would end after 2 s for no audio.
+    let mut c = answered_call(&[("DIALTONE__CALLS__NO_AUDIO_TIMEOUT_MS", "2000")], false).await;
+    c.leg.cseq += 1;
+    let cseq = c.leg.cseq;
+    let text = c
+        .leg
+        .in_dialog("INVITE", cseq, &format!("z9hG4bK{}", unique("re")), None);
+    let (_, fin) = c
+        .leg
+        .transaction(&text, cseq, "INVITE", Duration::from_secs(10))
+        .await;
+    let ok = fin.expect("no final response to the re-INVITE without SDP");
+    assert_eq!(ok.status(), Some(200), "{}", ok.raw);
+    assert!(
+        sdp_audio_payload_types(&ok.body).contains(&0),
+        "the 200 to a re-INVITE without SDP carries an offer with PCMU:\n{}",
+        ok.body
+    );
+    let hold_answer = {
+        c.leg.sdp_version += 1;
+        leg_sdp(c.leg.rtp_port(), c.leg.sdp_version, &[0], "sendonly")
+    };
+    c.leg.ack(cseq, Some(&hold_answer)).await;
+    if let Some(bye) = c.leg.wait_request("BYE", Duration::from_secs(5)).await {
+        panic!(
+            "the gateway hung up a call held through the ACK's answer (the answer in the \
+             ACK of a re-INVITE must apply):\n{}\ncall object: {}",
+            bye.raw,
+            c.server.get_call(&c.call_id).await
+        );
+    }
+    let resume = c.leg.offer("sendrecv");
+    let resumed = c.leg.reinvite(&resume).await;
+    assert_eq!(resumed.status(), Some(200), "unhold:\n{}", resumed.raw);
+    c.leg.send_rtp(c.media, 200, 15).await;
+    assert_eq!(
+        c.leg.bye().await,
+        Some(200),
+        "the caller's BYE is answered 200"
+    );
+    expect_final(&c.server, &c.call_id, "ended", "user_hangup", c.t0, true).await;
+    assert_media_tasks_freed(&c.server).await;
+}
