@@ -162,6 +162,7 @@ struct RawCalls {
     agent_connect_timeout_ms: u64,
     no_audio_timeout_ms: u64,
     hangup_drain_ms: u64,
+    max_call_duration_ms: u64,
 }
 
 impl Default for RawCalls {
@@ -171,6 +172,7 @@ impl Default for RawCalls {
             agent_connect_timeout_ms: 5_000,
             no_audio_timeout_ms: 20_000,
             hangup_drain_ms: 5_000,
+            max_call_duration_ms: 7_200_000,
         }
     }
 }
@@ -304,6 +306,8 @@ pub struct CallSettings {
     pub no_audio_timeout: Duration,
     /// When the agent hangs up, how much of its queued audio is still played out.
     pub hangup_drain: Duration,
+    /// A ceiling on every call's length, whatever its agent allows.
+    pub max_call_duration: Duration,
 }
 
 impl Settings {
@@ -558,6 +562,10 @@ impl RawSettings {
                     self.calls.no_audio_timeout_ms,
                 )?,
                 hangup_drain: Duration::from_millis(self.calls.hangup_drain_ms),
+                max_call_duration: positive_ms(
+                    "calls.max_call_duration_ms",
+                    self.calls.max_call_duration_ms,
+                )?,
             },
             shutdown_grace: Duration::from_millis(self.shutdown.grace_period_ms),
             log_filter: self.log.filter,

@@ -1672,3 +1672,25 @@ async fn reinvite_without_sdp_hold_answered_in_the_ack_keeps_the_call_up() {
     expect_final(&c.server, &c.call_id, "ended", "user_hangup", c.t0, true).await;
     assert_media_tasks_freed(&c.server).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The configured maximum call length
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maximum_call_duration_ends_with_bye() {
+    // The agent allows an hour; the server's ceiling is 2 s. RTP keeps flowing, so only the
+    // duration limit can end the call.
+    let mut c = answered_call(&[("DIALTONE__CALLS__MAX_CALL_DURATION_MS", "2000")], true).await;
+    expect_bye(&mut c.leg, Duration::from_secs(10), "maximum duration").await;
+    expect_final(
+        &c.server,
+        &c.call_id,
+        "ended",
+        "max_duration_reached",
+        c.t0,
+        true,
+    )
+    .await;
+    assert_media_tasks_freed(&c.server).await;
+}

@@ -773,7 +773,8 @@ impl Engine {
             },
             link,
         );
-        let max_duration = Duration::from_millis(agent.max_call_duration_ms.max(1000) as u64);
+        let max_duration = Duration::from_millis(agent.max_call_duration_ms.max(1000) as u64)
+            .min(self.inner.settings.calls.max_call_duration);
         let ending = live
             .connected(&self, &mut inputs, media, max_duration)
             .await;
@@ -1001,7 +1002,8 @@ impl CallSetup {
             },
             link,
         );
-        let max_duration = Duration::from_millis(agent.max_call_duration_ms.max(1000) as u64);
+        let max_duration = Duration::from_millis(agent.max_call_duration_ms.max(1000) as u64)
+            .min(engine.inner.settings.calls.max_call_duration);
         let ending = self
             .live
             .connected(&engine, &mut inputs, media, max_duration)
