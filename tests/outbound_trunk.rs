@@ -194,6 +194,27 @@ fn wrong_credentials_end_as_permission_denied() {
 }
 
 #[test]
+fn proxy_challenge_is_answered_with_proxy_authorization() {
+    let server = Server::start();
+    let trunk = Trunk::start("trunk_proxy_auth.xml", &[]);
+    import(
+        &server,
+        "+14155550114",
+        &format!("127.0.0.1:{}", trunk.port),
+        true,
+    );
+    let call_id = dial(&server, "+14155550114");
+    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    // 486 comes only after SIPp found a SHA-256 Proxy-Authorization on the retried INVITE.
+    assert_eq!(call["disconnection_reason"], "dial_busy", "{call}");
+    assert_eq!(
+        trunk.wait(),
+        0,
+        "the retried INVITE lacked a proper Proxy-Authorization"
+    );
+}
+
+#[test]
 fn final_failures_map_to_their_reasons() {
     let server = Server::start();
     let cases = [

@@ -380,6 +380,38 @@ def phone_number_delete():
 
 
 @case
+def create_phone_call_dials_through_the_trunk():
+    agent = new_agent(agent_name="caller")
+    # A trunk nobody answers on: the call is created and dialled; only the API shape is
+    # checked here (tests/outbound_trunk.rs drives real trunks).
+    client.phone_number.import_(
+        phone_number="+14155550140",
+        termination_uri="127.0.0.1:9",
+        transport="UDP",
+        outbound_agents=[{"agent_id": agent.agent_id, "weight": 1}],
+    )
+    call = client.call.create_phone_call(
+        from_number="+14155550140",
+        to_number="+14155550141",
+        metadata={"campaign": "sdk"},
+        extra_body={"custom_sip_headers": {"X-Campaign": "sdk"}},
+    )
+    assert call.direction == "outbound", call
+    assert call.from_number == "+14155550140", call
+    assert call.to_number == "+14155550141", call
+    assert call.agent_id == agent.agent_id, call
+    assert call.call_status in ("registered", "ongoing", "not_connected"), call
+    got = client.call.retrieve(call.call_id)
+    assert got.metadata == {"campaign": "sdk"}, got
+    try:
+        client.call.create_phone_call(from_number="+14155550999", to_number="+14155550141")
+        raise AssertionError("an unknown from_number made a call")
+    except retell.NotFoundError:
+        pass
+    client.call.stop(call.call_id)
+
+
+@case
 def wrong_key_is_401():
     bad = Retell(api_key="wrong-key-123456", base_url=BASE_URL, max_retries=0)
     try:
