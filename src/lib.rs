@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod server;
 pub mod sip;
 pub mod store;
+pub mod webhook;

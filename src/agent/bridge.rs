@@ -261,7 +261,7 @@ fn open_error(err: WsError) -> OpenError {
 /// The TLS client configuration for `wss://`: the ring provider (the process links no
 /// other) and the Mozilla roots from `webpki-roots`, so verification does not depend on
 /// the host's certificate store. Built once.
-fn default_tls() -> Result<Arc<ClientConfig>, OpenError> {
+pub(crate) fn default_tls() -> Result<Arc<ClientConfig>, OpenError> {
     static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
     if let Some(config) = CONFIG.get() {
         return Ok(config.clone());

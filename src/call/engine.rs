@@ -397,20 +397,43 @@ impl Engine {
         let Some(number) = number else {
             return Ok(None);
         };
-        let picked = crate::call::number::pick_agent(&number.inbound_agents, rand::random::<f64>());
-        let Some(agent_id) = picked else {
-            info!(number = %number.phone_number, "inbound call to a number with no inbound agent");
-            return Ok(None);
-        };
-        let Some(agent) = self.inner.store.get_agent(agent_id).await? else {
-            warn!(number = %number.phone_number, agent_id, "inbound agent of a number is gone");
-            return Ok(None);
-        };
+        let bound = crate::call::number::pick_agent(&number.inbound_agents, rand::random::<f64>())
+            .map(str::to_owned);
         let from_number = invite
             .headers
             .get("From")
             .and_then(|f| message::NameAddr::parse(f).ok())
             .and_then(|f| user_of(&f.uri));
+        // The number's webhook may pick the agent and add context before we answer.
+        let hook = match number.inbound_webhook_url.as_deref() {
+            Some(url) => {
+                crate::webhook::inbound(
+                    url,
+                    bound.as_deref(),
+                    from_number.as_deref(),
+                    &number.phone_number,
+                )
+                .await
+            }
+            None => None,
+        };
+        let hook = hook.unwrap_or_default();
+        let mut agent = None;
+        if let Some(id) = hook.override_agent_id.as_deref() {
+            agent = self.inner.store.get_agent(id).await?;
+            if agent.is_none() {
+                warn!(number = %number.phone_number, agent_id = id, "inbound webhook named an unknown agent");
+            }
+        }
+        if agent.is_none() {
+            if let Some(id) = bound.as_deref() {
+                agent = self.inner.store.get_agent(id).await?;
+            }
+        }
+        let Some(agent) = agent else {
+            info!(number = %number.phone_number, "inbound call to a number with no usable inbound agent");
+            return Ok(None);
+        };
         let custom: BTreeMap<String, String> = invite
             .headers
             .iter()
@@ -427,8 +450,8 @@ impl Engine {
             direction: crate::call::model::Direction::Inbound,
             from_number,
             to_number: Some(number.phone_number.clone()),
-            metadata: None,
-            retell_llm_dynamic_variables: None,
+            metadata: hook.metadata.filter(|m| !m.is_null()),
+            retell_llm_dynamic_variables: hook.dynamic_variables,
             custom_sip_headers: (!custom.is_empty()).then_some(custom),
             start_timestamp: None,
             end_timestamp: None,
