@@ -693,6 +693,22 @@ impl Leg {
         fin
     }
 
+    /// An UPDATE with `sdp` (RFC 3311): no ACK. Returns the final response.
+    async fn update(&mut self, sdp: &str) -> SipMsg {
+        self.cseq += 1;
+        let cseq = self.cseq;
+        let text = self.in_dialog(
+            "UPDATE",
+            cseq,
+            &format!("z9hG4bK{}", unique("up")),
+            Some(sdp),
+        );
+        let (_, fin) = self
+            .transaction(&text, cseq, "UPDATE", Duration::from_secs(10))
+            .await;
+        fin.expect("no final response to the UPDATE within 10 s")
+    }
+
     /// BYE in the dialog; returns its final status.
     async fn bye(&mut self) -> Option<u16> {
         self.cseq += 1;
@@ -1270,6 +1286,42 @@ async fn reinvite_hold_pauses_the_no_audio_timeout_and_unhold_resumes() {
     assert!(
         c.leg.requests.iter().all(|r| r.method() != Some("BYE")),
         "the gateway hung up around the unhold"
+    );
+    assert_eq!(
+        c.leg.bye().await,
+        Some(200),
+        "the caller's BYE is answered 200"
+    );
+    expect_final(&c.server, &c.call_id, "ended", "user_hangup", c.t0, true).await;
+    assert_media_tasks_freed(&c.server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_hold_and_unhold_keep_the_call_up() {
+    let mut c = answered_call(&[("DIALTONE__CALLS__NO_AUDIO_TIMEOUT_MS", "2000")], false).await;
+    let hold = c.leg.offer("sendonly");
+    let held = c.leg.update(&hold).await;
+    assert_eq!(held.status(), Some(200), "hold UPDATE:\n{}", held.raw);
+    assert!(
+        held.body.contains("a=recvonly"),
+        "a sendonly offer in UPDATE is answered recvonly:\n{}",
+        held.body
+    );
+    if let Some(bye) = c.leg.wait_request("BYE", Duration::from_secs(4)).await {
+        panic!("the gateway hung up a call held by UPDATE:\n{}", bye.raw);
+    }
+    let resume = c.leg.offer("sendrecv");
+    let resumed = c.leg.update(&resume).await;
+    assert_eq!(
+        resumed.status(),
+        Some(200),
+        "unhold UPDATE:\n{}",
+        resumed.raw
+    );
+    assert!(
+        resumed.body.contains("a=sendrecv"),
+        "a sendrecv offer in UPDATE is answered sendrecv:\n{}",
+        resumed.body
     );
     assert_eq!(
         c.leg.bye().await,
