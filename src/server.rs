@@ -111,6 +111,7 @@ async fn ensure_echo_agent(store: &Store, http: std::net::SocketAddr) {
         max_call_duration_ms: 600_000,
         end_call_after_silence_ms: 60_000,
         ring_duration_ms: 30_000,
+        forward_early_media: false,
         last_modification_timestamp: now,
     };
     let result = match store.get_agent(ECHO_AGENT_ID).await {

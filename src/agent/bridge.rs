@@ -409,6 +409,14 @@ impl Outbound {
         })
     }
 
+    fn answered(&mut self) -> String {
+        let sequence_number = self.next_sequence();
+        protocol_json(&ServerMessage::Answered {
+            sequence_number,
+            stream_sid: self.stream_sid.as_str().into(),
+        })
+    }
+
     fn stop(&mut self) -> String {
         let sequence_number = self.next_sequence();
         protocol_json(&ServerMessage::Stop {
@@ -535,6 +543,7 @@ async fn run(
                         out.dtmf(digit)
                     }
                     Some(ToAgent::MarkPlayed(name)) => out.mark(&name),
+                    Some(ToAgent::Answered) => out.answered(),
                     Some(ToAgent::Stop) | None => {
                         if msg.is_none() {
                             tracing::debug!("media task went away without Stop: stopping anyway");

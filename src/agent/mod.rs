@@ -25,6 +25,8 @@ pub enum ToAgent {
     /// All agent audio queued before this mark has been played out (or was cleared):
     /// echo the mark back to the agent.
     MarkPlayed(String),
+    /// The far end answered a call whose early media was streamed (an `answered` event).
+    Answered,
     /// The call is over: send `stop`, then close the socket with code 1000.
     Stop,
 }

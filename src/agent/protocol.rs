@@ -121,6 +121,15 @@ pub enum ServerMessage<'a> {
         stream_sid: Cow<'a, str>,
         stop: StopBody<'a>,
     },
+    /// This server's own: the far end answered an outbound call whose early media the
+    /// agent asked for (`forward_early_media`). Sent only to such agents, so a Twilio bot
+    /// never sees it.
+    Answered {
+        #[serde(rename = "sequenceNumber")]
+        sequence_number: Counter,
+        #[serde(rename = "streamSid")]
+        stream_sid: Cow<'a, str>,
+    },
 }
 
 impl ServerMessage<'static> {
@@ -480,6 +489,14 @@ mod tests {
             to_value(&stop),
             json!({"event":"stop","sequenceNumber":"11","streamSid":"MZ",
                    "stop":{"accountSid":"AC","callSid":"c"}})
+        );
+        let answered = ServerMessage::Answered {
+            sequence_number: Counter(4),
+            stream_sid: "MZ".into(),
+        };
+        assert_eq!(
+            to_value(&answered),
+            json!({"event":"answered","sequenceNumber":"4","streamSid":"MZ"})
         );
     }
 

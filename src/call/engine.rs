@@ -23,13 +23,13 @@ use crate::config::{CallSettings, TimerSettings};
 use crate::media::ports::PortPool;
 use crate::media::session::{self, MediaCommand, MediaHandle, SessionConfig};
 use crate::sip::dialog::{Dialog, DialogKey};
-use crate::sip::endpoint::{
-    new_tag, Endpoint, Handler, InviteEvent, OutgoingInvite, ServerTxHandle, ALLOW,
-};
+use crate::sip::endpoint::{new_tag, Endpoint, Handler, ServerTxHandle, ALLOW};
 use crate::sip::message::{self, Method, Request, Response};
 use crate::sip::sdp::{self, LocalMedia, Negotiated, Sdp};
 use crate::sip::transport::{Inbound, Kind};
 use crate::store::{Claim, Store};
+
+mod outbound;
 
 /// What a call task can be told.
 #[derive(Debug)]
@@ -172,31 +172,6 @@ impl CallControl for Engine {
             None => false,
         }
     }
-}
-
-/// The reason an outbound call ends with when its INVITE fails with `status` (API.md).
-fn dial_failure(status: u16) -> DisconnectionReason {
-    use DisconnectionReason::*;
-    match status {
-        486 | 600 => DialBusy,
-        408 | 480 | 487 => DialNoAnswer,
-        404 | 410 | 416 | 484 => InvalidDestination,
-        401 | 403 | 407 => TelephonyProviderPermissionDenied,
-        482 | 483 => SipRoutingError,
-        603 => UserDeclined,
-        500..=599 => TelephonyProviderUnavailable,
-        _ => DialFailed,
-    }
-}
-
-/// How an outbound INVITE attempt ended.
-enum Attempt {
-    Answered(Response, OutgoingInvite),
-    Challenged(Response),
-    Failed(u16),
-    /// Timer B: no response at all.
-    NoResponse,
-    Unreachable,
 }
 
 /// How an INVITE found its call.
@@ -467,342 +442,27 @@ impl Engine {
         }))
     }
 
-    /// An outbound call through a trunk: INVITE to the termination URI (digest auth on
-    /// 401/407), ring for the agent's `ring_duration_ms`, then the agent and media as for
-    /// any call. Every failure maps to its `not_connected` reason.
-    async fn outbound_call(self, call: Call, number: crate::call::number::PhoneNumber) {
-        let (input_tx, mut inputs) = mpsc::channel(32);
-        lock(&self.inner.live).insert(call.call_id.clone(), input_tx);
-        let mut registration = Registration {
-            engine: self.clone(),
-            call_id: call.call_id.clone(),
-            dialog: None,
-        };
-        let call_id = call.call_id.clone();
-        let fail = |reason: DisconnectionReason, status: Option<u16>| {
-            let engine = self.clone();
-            let call_id = call_id.clone();
-            async move { engine.finish(&call_id, reason, status).await }
-        };
-        let agent = match self.inner.store.get_agent(&call.agent_id).await {
-            Ok(Some(agent)) => agent,
-            _ => return fail(DisconnectionReason::ErrorUnknown, None).await,
-        };
-        let to = call.to_number.clone().unwrap_or_default();
-        let from = call.from_number.clone().unwrap_or_default();
-        // The termination URI may be a bare host, host:port, carry ;transport=, or be a URI.
-        let host = number.termination_uri.trim();
-        let host = host
-            .strip_prefix("sips:")
-            .or_else(|| host.strip_prefix("sip:"))
-            .unwrap_or(host);
-        let host = host.rsplit_once('@').map(|(_, h)| h).unwrap_or(host);
-        let mut uri = format!("sip:{to}@{host}");
-        if !host.to_ascii_lowercase().contains("transport=") {
-            uri.push_str(&format!(
-                ";transport={}",
-                number.transport.as_str().to_ascii_lowercase()
-            ));
+    /// The media session's settings for a call with `agent`.
+    fn session_config(
+        &self,
+        agent: &Agent,
+        call_id: &str,
+        negotiated: Negotiated,
+        early: bool,
+    ) -> SessionConfig {
+        let calls = &self.inner.settings.calls;
+        SessionConfig {
+            negotiated,
+            agent_encoding: agent.response_engine.audio_encoding,
+            no_audio_timeout: calls.no_audio_timeout,
+            inactivity_timeout: Duration::from_millis(
+                agent.end_call_after_silence_ms.max(1000) as u64
+            ),
+            hangup_drain_cap: calls.hangup_drain,
+            ssrc: rand::random(),
+            cname: format!("dialtone-{call_id}"),
+            early,
         }
-        let dest = match crate::sip::route::destination(&uri) {
-            Ok(dest) => dest,
-            Err(err) => {
-                warn!(%err, "termination URI unusable");
-                return fail(DisconnectionReason::TelephonyProviderUnavailable, None).await;
-            }
-        };
-        let transports = self.inner.endpoint.transports();
-        let target = match crate::sip::resolve::resolve(&dest).await {
-            Ok(targets) => targets
-                .into_iter()
-                .find(|t| transports.local_addr(t.kind).is_some()),
-            Err(err) => {
-                warn!(%err, "termination host did not resolve");
-                None
-            }
-        };
-        let Some(target) = target else {
-            warn!(host = %dest.host, kind = dest.kind.as_str(), "no reachable target for the trunk (is that transport enabled?)");
-            return fail(DisconnectionReason::TelephonyProviderUnavailable, None).await;
-        };
-        let target = crate::sip::transport::Target {
-            kind: target.kind,
-            addr: target.addr,
-            conn: None,
-        };
-        let socket = match self.inner.ports.bind().await {
-            Ok(socket) => socket,
-            Err(err) => {
-                warn!(%err, "no RTP port for an outbound call");
-                return fail(DisconnectionReason::ErrorUnknown, None).await;
-            }
-        };
-        let media_ip = self
-            .inner
-            .settings
-            .media_ip
-            .or_else(|| {
-                transports
-                    .local_addr(target.kind)
-                    .map(|a| a.ip())
-                    .filter(|ip| !ip.is_unspecified())
-            })
-            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let mut local = LocalMedia::new(media_ip, socket.port(), rand::random::<u32>() as u64, 1);
-        let codecs: Vec<sdp::AudioCodec> = number
-            .codecs
-            .iter()
-            .filter_map(|c| match c.as_str() {
-                "PCMU" => Some(sdp::AudioCodec::Pcmu),
-                "PCMA" => Some(sdp::AudioCodec::Pcma),
-                "G722" => Some(sdp::AudioCodec::G722),
-                _ => None,
-            })
-            .collect();
-        if !codecs.is_empty() {
-            local.codecs = codecs;
-        }
-        let offer = sdp::offer(&local);
-        let contact = self.inner.endpoint.contact(target.kind);
-        let mut headers = message::Headers::default();
-        let public_host = self.inner.endpoint.public_host().to_string();
-        headers.push(
-            "From",
-            format!("<sip:{from}@{public_host}>;tag={}", new_tag()),
-        );
-        headers.push("To", format!("<sip:{to}@{}>", dest.host));
-        headers.push("Call-ID", format!("{}@{public_host}", new_tag()));
-        headers.push("CSeq", "1 INVITE");
-        headers.push("Contact", contact.as_str());
-        headers.push("Allow", ALLOW);
-        for (name, value) in call.custom_sip_headers.iter().flatten() {
-            headers.push(name, value.as_str());
-        }
-        headers.push("Content-Type", "application/sdp");
-        let mut request = Request {
-            method: Method::Invite,
-            uri: uri.clone(),
-            headers,
-            body: Bytes::from(offer.to_string()),
-        };
-        let mut auth = match (
-            &number.sip_trunk_auth_username,
-            &number.sip_trunk_auth_password,
-        ) {
-            (Some(user), Some(password)) => Some(crate::sip::auth::Authenticator::new(
-                crate::sip::auth::Credentials::new(user.clone(), password.expose().to_string()),
-            )),
-            _ => None,
-        };
-        let ring = Duration::from_millis(agent.ring_duration_ms.max(1000) as u64);
-        let ring_deadline = tokio::time::Instant::now() + ring;
-        let mut cancelled: Option<DisconnectionReason> = None;
-        info!(%uri, target = %target.addr, kind = target.kind.as_str(), "dialling");
-        let (resp, mut invite) = loop {
-            let mut inv = match self.inner.endpoint.invite(request.clone(), target) {
-                Ok(inv) => inv,
-                Err(err) => {
-                    warn!(%err, "INVITE not sent");
-                    return fail(DisconnectionReason::DialFailed, None).await;
-                }
-            };
-            let attempt = loop {
-                tokio::select! {
-                    event = inv.events.recv() => match event {
-                        Some(InviteEvent::Response(r)) if r.status < 200 => {
-                            info!(status = r.status, "far end progress");
-                        }
-                        Some(InviteEvent::Response(r)) if r.status < 300 => break Attempt::Answered(r, inv),
-                        Some(InviteEvent::Response(r)) if (r.status == 401 || r.status == 407) && cancelled.is_none() => break Attempt::Challenged(r),
-                        Some(InviteEvent::Response(r)) => break Attempt::Failed(r.status),
-                        Some(InviteEvent::Timeout) | None => break Attempt::NoResponse,
-                        Some(InviteEvent::TransportError) => break Attempt::Unreachable,
-                    },
-                    _ = tokio::time::sleep_until(ring_deadline), if cancelled.is_none() => {
-                        info!("no answer within the ring time; cancelling");
-                        cancelled = Some(DisconnectionReason::DialNoAnswer);
-                        inv.cancel();
-                    }
-                    input = inputs.recv(), if cancelled.is_none() => {
-                        if matches!(input, Some(CallInput::Stop) | None) {
-                            cancelled = Some(DisconnectionReason::ManualStopped);
-                            inv.cancel();
-                        }
-                    }
-                }
-            };
-            match attempt {
-                Attempt::Answered(resp, inv) => break (resp, inv),
-                Attempt::Challenged(resp) => {
-                    let retried = auth
-                        .as_mut()
-                        .ok_or(None)
-                        .and_then(|a| a.retry(&request, &resp).map_err(Some));
-                    match retried {
-                        Ok(next) => {
-                            request = next;
-                            continue;
-                        }
-                        Err(err) => {
-                            warn!(status = resp.status, error = ?err.map(|e| e.to_string()), "trunk refused our credentials (or none are set)");
-                            return fail(
-                                DisconnectionReason::TelephonyProviderPermissionDenied,
-                                Some(resp.status),
-                            )
-                            .await;
-                        }
-                    }
-                }
-                Attempt::Failed(status) => {
-                    let reason = cancelled.unwrap_or_else(|| dial_failure(status));
-                    info!(
-                        status,
-                        reason = reason.as_str(),
-                        "outbound call not connected"
-                    );
-                    return fail(reason, Some(status)).await;
-                }
-                Attempt::NoResponse => {
-                    return fail(cancelled.unwrap_or(DisconnectionReason::DialFailed), None).await;
-                }
-                Attempt::Unreachable => {
-                    return fail(DisconnectionReason::TelephonyProviderUnavailable, None).await;
-                }
-            }
-        };
-        // Answered: ACK it (and every retransmission of it), then bridge.
-        let invite_cseq = invite.request.cseq().map(|c| c.seq).unwrap_or(1);
-        let dialog = match Dialog::from_response(&invite.request, &resp, target) {
-            Ok(dialog) => dialog,
-            Err(err) => {
-                warn!(%err, "2xx without what a dialog needs");
-                return fail(DisconnectionReason::ErrorUnknown, Some(resp.status)).await;
-            }
-        };
-        let ack = dialog.ack(invite_cseq);
-        self.inner.endpoint.send_ack(ack.clone(), target).await;
-        {
-            let endpoint = self.inner.endpoint.clone();
-            tokio::spawn(async move {
-                while let Some(event) = invite.events.recv().await {
-                    if matches!(&event, InviteEvent::Response(r) if (200..300).contains(&r.status))
-                    {
-                        endpoint.send_ack(ack.clone(), target).await;
-                    }
-                }
-            });
-        }
-        let input_tx = lock(&self.inner.live).get(&call.call_id).cloned();
-        if let Some(input_tx) = input_tx {
-            lock(&self.inner.dialogs).insert(dialog.key.clone(), input_tx);
-            registration.dialog = Some(dialog.key.clone());
-        }
-        let kind = target.kind;
-        let mut live = Live {
-            dialog,
-            local,
-            answer: None,
-            pending_offer: None,
-            call,
-            kind,
-        };
-        let negotiated = match Sdp::parse(&resp.body)
-            .map_err(|e| e.to_string())
-            .and_then(|answer| sdp::accept_answer(&offer, &answer).map_err(|e| e.to_string()))
-        {
-            Ok(n) => n,
-            Err(err) => {
-                warn!(%err, "the trunk's SDP answer is unusable");
-                live.end(
-                    &self,
-                    Ending {
-                        reason: DisconnectionReason::ErrorUnknown,
-                        send_bye: true,
-                    },
-                )
-                .await;
-                return;
-            }
-        };
-        let telephony_id = invite
-            .request
-            .call_id()
-            .map(|c| serde_json::json!({ "sip_call_id": c }));
-        if let Err(err) = self
-            .inner
-            .store
-            .mark_ongoing(
-                &live.call.call_id,
-                now_ms(),
-                negotiated.codec.encoding_name(),
-                telephony_id.as_ref(),
-                Some(resp.status),
-            )
-            .await
-        {
-            warn!(%err, "could not record the answer");
-        }
-        let mut params = BTreeMap::new();
-        params.insert("call_id".to_string(), live.call.call_id.clone());
-        params.insert("agent_id".to_string(), agent.agent_id.clone());
-        params.insert("direction".to_string(), "outbound".to_string());
-        params.insert("from_number".to_string(), from);
-        params.insert("to_number".to_string(), to);
-        if let Some(metadata) = &live.call.metadata {
-            params.insert("metadata".to_string(), metadata.to_string());
-        }
-        for (k, v) in live.call.retell_llm_dynamic_variables.iter().flatten() {
-            params.insert(k.clone(), v.clone());
-        }
-        let config = AgentConfig {
-            url: agent.response_engine.url.clone(),
-            headers: agent.response_engine.headers.clone(),
-            encoding: agent.response_engine.audio_encoding,
-            connect_timeout: self.inner.settings.calls.agent_connect_timeout,
-        };
-        let start = StartInfo {
-            call_id: live.call.call_id.clone(),
-            stream_sid: String::new(),
-            account_sid: String::new(),
-            custom_parameters: params,
-        };
-        let link = match bridge::connect(&config, start).await {
-            Ok(link) => link,
-            Err(err) => {
-                warn!(%err, "agent websocket did not open; hanging up");
-                live.end(
-                    &self,
-                    Ending {
-                        reason: DisconnectionReason::ErrorLlmWebsocketOpen,
-                        send_bye: true,
-                    },
-                )
-                .await;
-                return;
-            }
-        };
-        let media = session::spawn(
-            socket,
-            SessionConfig {
-                negotiated,
-                agent_encoding: agent.response_engine.audio_encoding,
-                no_audio_timeout: self.inner.settings.calls.no_audio_timeout,
-                inactivity_timeout: Duration::from_millis(
-                    agent.end_call_after_silence_ms.max(1000) as u64,
-                ),
-                hangup_drain_cap: self.inner.settings.calls.hangup_drain,
-                ssrc: rand::random(),
-                cname: format!("dialtone-{}", live.call.call_id),
-            },
-            link,
-        );
-        let max_duration = Duration::from_millis(agent.max_call_duration_ms.max(1000) as u64)
-            .min(self.inner.settings.calls.max_call_duration);
-        let ending = live
-            .connected(&self, &mut inputs, media, max_duration)
-            .await;
-        live.end(&self, ending).await;
-        drop(registration);
     }
 
     fn media_ip(&self, from: &Inbound) -> IpAddr {
@@ -1012,17 +672,7 @@ impl CallSetup {
         };
         let media = session::spawn(
             socket,
-            SessionConfig {
-                negotiated,
-                agent_encoding: agent.response_engine.audio_encoding,
-                no_audio_timeout: engine.inner.settings.calls.no_audio_timeout,
-                inactivity_timeout: Duration::from_millis(
-                    agent.end_call_after_silence_ms.max(1000) as u64,
-                ),
-                hangup_drain_cap: engine.inner.settings.calls.hangup_drain,
-                ssrc: rand::random(),
-                cname: format!("dialtone-{}", self.live.call.call_id),
-            },
+            engine.session_config(&agent, &self.live.call.call_id, negotiated, false),
             link,
         );
         let max_duration = Duration::from_millis(agent.max_call_duration_ms.max(1000) as u64)

@@ -255,6 +255,9 @@ pub struct Agent {
     pub end_call_after_silence_ms: i64,
     /// Outbound: how long to let the far end ring.
     pub ring_duration_ms: i64,
+    /// Outbound: stream the far end's early media (a 180/183 with SDP) to the agent before
+    /// the answer. Off by default: a Twilio-style bot expects its stream to start at answer.
+    pub forward_early_media: bool,
     pub last_modification_timestamp: i64,
 }
 

@@ -205,6 +205,7 @@ pub struct CreateAgent {
     max_call_duration_ms: Option<i64>,
     end_call_after_silence_ms: Option<i64>,
     ring_duration_ms: Option<i64>,
+    forward_early_media: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +218,7 @@ pub struct UpdateAgent {
     max_call_duration_ms: Option<i64>,
     end_call_after_silence_ms: Option<i64>,
     ring_duration_ms: Option<i64>,
+    forward_early_media: Option<bool>,
 }
 
 /// The agent object of responses: the record with header values redacted, plus the
@@ -242,6 +244,7 @@ pub fn agent_json(agent: &Agent) -> Value {
         "max_call_duration_ms": agent.max_call_duration_ms,
         "end_call_after_silence_ms": agent.end_call_after_silence_ms,
         "ring_duration_ms": agent.ring_duration_ms,
+        "forward_early_media": agent.forward_early_media,
         "last_modification_timestamp": agent.last_modification_timestamp,
         "channel": "voice",
         "is_published": false,
@@ -281,6 +284,7 @@ pub async fn create(
             body.ring_duration_ms.unwrap_or(DEFAULT_RING_DURATION_MS),
             RING_DURATION_RANGE,
         )?,
+        forward_early_media: body.forward_early_media.unwrap_or(false),
         last_modification_timestamp: now_ms(),
     };
     state.store().create_agent(&agent).await?;
@@ -429,6 +433,9 @@ pub async fn update(
             }
             if let Some(v) = ring {
                 agent.ring_duration_ms = v;
+            }
+            if let Some(v) = body.forward_early_media {
+                agent.forward_early_media = v;
             }
             Ok::<(), ApiError>(())
         })

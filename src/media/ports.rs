@@ -202,6 +202,20 @@ impl RtpSocket {
         &self.rtcp.rx
     }
 
+    /// Reads and drops every datagram already queued on both ports (early media nobody
+    /// listened to), so a session started now sees only what comes next. Returns how many.
+    pub fn discard_pending(&self) -> usize {
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        for socket in [&self.rtp.rx, &self.rtcp.rx] {
+            // Bounded: a socket flooded faster than we read cannot keep us here.
+            while n < 100_000 && socket.try_recv_from(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Sends a datagram from the RTP port without waiting (`WouldBlock` when the socket
     /// buffer is full: drop the packet).
     pub fn send_rtp(&self, buf: &[u8], dest: SocketAddr) -> io::Result<usize> {
@@ -220,6 +234,27 @@ mod tests {
     use std::net::Ipv4Addr;
 
     const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn discard_pending_empties_both_ports_and_leaves_later_datagrams() {
+        let pool = PortPool::new((47200, 47299), LOCAL);
+        let socket = pool.bind().await.unwrap();
+        let peer = std::net::UdpSocket::bind((LOCAL, 0)).unwrap();
+        let rtp = SocketAddr::new(LOCAL, socket.port());
+        let rtcp = SocketAddr::new(LOCAL, socket.rtcp_port());
+        for _ in 0..3 {
+            peer.send_to(b"early", rtp).unwrap();
+        }
+        peer.send_to(b"report", rtcp).unwrap();
+        socket.rtp().readable().await.unwrap();
+        socket.rtcp().readable().await.unwrap();
+        assert_eq!(socket.discard_pending(), 4);
+        assert_eq!(socket.discard_pending(), 0);
+        peer.send_to(b"answered", rtp).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, _) = socket.rtp().recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"answered");
+    }
 
     #[tokio::test]
     async fn binds_even_pairs_and_exhausts_with_a_clear_error() {

@@ -131,6 +131,10 @@ pub struct SessionConfig {
     pub ssrc: u32,
     /// RTCP CNAME (truncated to 255 bytes).
     pub cname: String,
+    /// Outbound early media (a 18x with SDP, for an agent that asked for it): the far
+    /// end's audio reaches the agent, but nothing is sent to it and no audio timeout runs
+    /// until [`MediaCommand::Answered`].
+    pub early: bool,
 }
 
 /// Signalling's instructions to a running session.
@@ -139,6 +143,9 @@ pub enum MediaCommand {
     /// A re-INVITE or UPDATE settled: new remote address, codec, payload types, direction
     /// or hold. Applied without restarting the stream.
     Update(Negotiated),
+    /// The far end answered (the 200's description): leave the early phase, start sending,
+    /// start the audio timeouts, and tell the agent (`answered`).
+    Answered(Negotiated),
     /// End the session (the caller hung up, the call is being torn down).
     Stop,
 }
@@ -1047,6 +1054,8 @@ struct Core {
     to_agent: mpsc::Sender<ToAgent>,
     /// The to_agent channel is closed: end the call.
     agent_lost: bool,
+    /// Early media: see [`SessionConfig::early`].
+    early: bool,
     /// Still reading from_agent (false after hang-up or its end).
     agent_open: bool,
     latched: Option<SocketAddr>,
@@ -1103,6 +1112,7 @@ impl Core {
             cname: cfg.cname,
             to_agent,
             agent_lost: false,
+            early: cfg.early,
             agent_open: true,
             latched: None,
             rtcp_latched: None,
@@ -1125,12 +1135,14 @@ impl Core {
 
     /// Whether we may send RTP: our direction allows it and the caller does not hold us.
     fn sending(&self) -> bool {
-        self.negotiated.direction.sends() && !self.negotiated.remote_hold
+        !self.early && self.negotiated.direction.sends() && !self.negotiated.remote_hold
     }
 
     /// Whether caller audio is expected (timeouts apply): a two-way, unheld call.
     fn expecting(&self) -> bool {
-        self.negotiated.direction == Direction::SendRecv && !self.negotiated.remote_hold
+        !self.early
+            && self.negotiated.direction == Direction::SendRecv
+            && !self.negotiated.remote_hold
     }
 
     fn rtp_dest(&self) -> Option<SocketAddr> {
@@ -1264,6 +1276,18 @@ impl Core {
         match cmd {
             Some(MediaCommand::Update(n)) => {
                 self.update(n, now);
+                None
+            }
+            Some(MediaCommand::Answered(n)) => {
+                self.update(n, now);
+                if std::mem::take(&mut self.early) {
+                    // The answered stream may come from elsewhere (another SSRC, even
+                    // another address): latch afresh, and time the audio from now.
+                    self.latched = None;
+                    self.rtcp_latched = None;
+                    self.activity_since = now;
+                    self.tell_agent(ToAgent::Answered);
+                }
                 None
             }
             Some(MediaCommand::Stop) | None => Some(Exit::Stopped),

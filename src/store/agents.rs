@@ -7,8 +7,8 @@ use super::{is_unique_violation, Bind, Page, SortOrder, Sql, Store, StoreError};
 use crate::call::model::{Agent, ResponseEngine};
 
 const COLUMNS: &str = "agent_id, agent_name, version, response_engine, webhook_url, \
-     max_call_duration_ms, end_call_after_silence_ms, ring_duration_ms, created_timestamp, \
-     last_modification_timestamp";
+     max_call_duration_ms, end_call_after_silence_ms, ring_duration_ms, forward_early_media, \
+     created_timestamp, last_modification_timestamp";
 
 /// How many times an update is retried when another writer changed the agent between our
 /// read and our write.
@@ -20,7 +20,7 @@ impl Store {
     pub async fn create_agent(&self, agent: &Agent) -> Result<(), StoreError> {
         let engine = engine_json(&agent.response_engine)?;
         let result = sqlx::query(&format!(
-            "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)"
+            "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)"
         ))
         .bind(agent.agent_id.as_str())
         .bind(agent.agent_name.as_deref())
@@ -30,6 +30,7 @@ impl Store {
         .bind(agent.max_call_duration_ms)
         .bind(agent.end_call_after_silence_ms)
         .bind(agent.ring_duration_ms)
+        .bind(i64::from(agent.forward_early_media))
         .bind(agent.last_modification_timestamp)
         .execute(&self.pool)
         .await;
@@ -131,8 +132,8 @@ impl Store {
             let result = sqlx::query(
                 "UPDATE agents SET agent_name = $1, version = $2, response_engine = $3, \
                  webhook_url = $4, max_call_duration_ms = $5, end_call_after_silence_ms = $6, \
-                 ring_duration_ms = $7, last_modification_timestamp = $8 \
-                 WHERE agent_id = $9 AND version = $10",
+                 ring_duration_ms = $7, forward_early_media = $8, \
+                 last_modification_timestamp = $9 WHERE agent_id = $10 AND version = $11",
             )
             .bind(agent.agent_name.as_deref())
             .bind(agent.version)
@@ -141,6 +142,7 @@ impl Store {
             .bind(agent.max_call_duration_ms)
             .bind(agent.end_call_after_silence_ms)
             .bind(agent.ring_duration_ms)
+            .bind(i64::from(agent.forward_early_media))
             .bind(agent.last_modification_timestamp)
             .bind(agent_id)
             .bind(read_version)
@@ -189,6 +191,7 @@ fn agent_from_row(row: &AnyRow) -> Result<Agent, StoreError> {
         max_call_duration_ms: row.try_get("max_call_duration_ms")?,
         end_call_after_silence_ms: row.try_get("end_call_after_silence_ms")?,
         ring_duration_ms: row.try_get("ring_duration_ms")?,
+        forward_early_media: row.try_get::<i64, _>("forward_early_media")? != 0,
         last_modification_timestamp: row.try_get("last_modification_timestamp")?,
     })
 }

@@ -258,6 +258,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "phone numbers",
         include_str!("migrations/0002_phone_numbers.sql"),
     ),
+    (
+        3,
+        "agent early media",
+        include_str!("migrations/0003_agent_early_media.sql"),
+    ),
 ];
 
 impl MigrationSource<'static> for Embedded {

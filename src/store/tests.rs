@@ -102,6 +102,7 @@ fn agent(id: &str, created: i64) -> Agent {
         max_call_duration_ms: 3_600_000,
         end_call_after_silence_ms: 600_000,
         ring_duration_ms: 30_000,
+        forward_early_media: false,
         last_modification_timestamp: created,
     }
 }

@@ -123,6 +123,7 @@ async fn create_agent_applies_defaults_and_redacts_headers() {
     assert_eq!(agent["max_call_duration_ms"], 3_600_000);
     assert_eq!(agent["end_call_after_silence_ms"], 600_000);
     assert_eq!(agent["ring_duration_ms"], 30_000);
+    assert_eq!(agent["forward_early_media"], false);
     assert_eq!(agent["response_engine"]["headers"]["Authorization"], "***");
     assert!(!agent.to_string().contains("top-secret"));
     assert!(agent.get("voice_id").is_none(), "ignored, not stored");
@@ -214,12 +215,14 @@ async fn update_agent_is_partial_and_keeps_redacted_secrets() {
         .ok(
             Method::PATCH,
             &path,
-            Some(json!({"agent_name": null, "ring_duration_ms": 10_000})),
+            Some(json!({"agent_name": null, "ring_duration_ms": 10_000,
+                        "forward_early_media": true})),
             StatusCode::OK,
         )
         .await;
     assert_eq!(updated["agent_name"], Value::Null);
     assert_eq!(updated["ring_duration_ms"], 10_000);
+    assert_eq!(updated["forward_early_media"], true);
     assert_eq!(updated["version"], 1);
     assert_eq!(updated["response_engine"], agent["response_engine"]);
 

@@ -72,6 +72,7 @@ async fn start_with(
         hangup_drain_cap: Duration::from_secs(3),
         ssrc: 0x5e55_1011,
         cname: "dialtone-test".into(),
+        early: false,
     };
     tweak(&mut cfg);
     let negotiated = cfg.negotiated.clone();
@@ -691,6 +692,67 @@ async fn hold_sends_nothing_and_never_times_out() {
 }
 
 #[tokio::test]
+async fn early_media_reaches_the_agent_and_waits_for_the_answer() {
+    let mut h = start_with(AudioCodec::Pcmu, AudioEncoding::Mulaw8000, |c| {
+        c.early = true;
+        c.no_audio_timeout = 200 * MS;
+        c.inactivity_timeout = 300 * MS;
+    })
+    .await;
+    // Before the answer: the agent's audio is not sent, and silence never times out.
+    h.agent(FromAgent::Media(mulaw(&tone(1000.0, 8000, 4000, 0))))
+        .await;
+    let early_out = collect_rtp(&h.rtp, 400 * MS).await;
+    assert!(
+        early_out.is_empty(),
+        "{} packets sent before the answer",
+        early_out.len()
+    );
+    assert!(
+        !h.handle.done.is_finished(),
+        "no audio timeout before the answer"
+    );
+    // The far end's ringback reaches the agent.
+    let ringback = tone_payloads(CodecKind::Pcmu, 440.0, 15);
+    send_stream(&h.rtp, h.media, 0, 0x440, &ringback).await;
+    tokio::time::sleep(100 * MS).await;
+    // The answer: our stream starts, and a new source (another SSRC) is taken up.
+    h.handle
+        .commands
+        .send(MediaCommand::Answered(h.negotiated.clone()))
+        .await
+        .unwrap();
+    let answered = tone_payloads(CodecKind::Pcmu, 1000.0, 15);
+    send_stream_from(&h.rtp, h.media, 0, 0x1000, 7000, &answered).await;
+    let sent = collect_rtp(&h.rtp, 100 * MS).await;
+    assert!(!sent.is_empty(), "nothing sent after the answer");
+    // Then the caller goes quiet: the inactivity timeout applies again.
+    let (outcome, msgs) = h.finish().await;
+    assert_eq!(outcome.reason, Some(DisconnectionReason::Inactivity));
+    let at = msgs
+        .iter()
+        .position(|m| matches!(m, ToAgent::Answered))
+        .expect("the agent is told of the answer");
+    assert_eq!(
+        msgs.iter()
+            .filter(|m| matches!(m, ToAgent::Answered))
+            .count(),
+        1
+    );
+    let before = voiced(AudioEncoding::Mulaw8000, &media_frames(&msgs[..at]));
+    let after = voiced(AudioEncoding::Mulaw8000, &media_frames(&msgs[at..]));
+    assert!(
+        tone_share(&before, 8000, 440.0) > 0.8,
+        "ringback before the answer"
+    );
+    assert!(
+        tone_share(&after, 8000, 1000.0) > 0.8,
+        "the answered voice after it"
+    );
+    assert!(before.len() >= 8000 / 50 * 10 && after.len() >= 8000 / 50 * 10);
+}
+
+#[tokio::test]
 async fn no_rtp_at_all_ends_with_no_audio_received() {
     let mut h = start_with(AudioCodec::Pcmu, AudioEncoding::Mulaw8000, |c| {
         c.no_audio_timeout = 250 * MS;
@@ -880,6 +942,7 @@ async fn port_returns_to_the_pool_when_the_session_ends() {
             hangup_drain_cap: Duration::from_secs(1),
             ssrc: 1,
             cname: "t".into(),
+            early: false,
         },
         AgentLink {
             to_agent,
