@@ -8,6 +8,9 @@ one 20 ms packet every 20 ms (the record timestamps are what SIPp paces by):
   pcma.pcap  PT 8, 1 kHz sine, G.711 A-law (8 kHz)
   g722.pcap  PT 9, 1 kHz + 5 kHz sines at 16 kHz, G.722 64 kbit/s (encoded by the
              PyPI package G722, i.e. libg722, independent of dialtone's own codec)
+  ringback.pcap  PT 0, 440 Hz, 2 s: a trunk's early media (183), told apart from the
+             answered call's 1 kHz; same SSRC as pcmu.pcap with the sequence numbers just
+             before it, like a gateway that keeps one stream from 183 to 200
 
 SIPp rewrites the addresses and ports when it replays, so the ones written here are
 placeholders (127.0.0.1:6000 -> 127.0.0.1:6002). G.711 is encoded here from the
@@ -24,6 +27,8 @@ import sys
 
 TONE_HZ = 1000.0
 HIGH_TONE_HZ = 5000.0  # G.722 only: proves the wideband band survives
+RINGBACK_HZ = 440.0
+RINGBACK_SECONDS = 2.0
 FRAME_MS = 20
 
 
@@ -96,10 +101,11 @@ def frame(src, dst, sport, dport, payload, ident):
     return eth + ip + udp + payload
 
 
-def write_pcap(path, pt, ssrc, payloads):
+def write_pcap(path, pt, ssrc, payloads, seq0=None):
     src = bytes([127, 0, 0, 1])
     dst = bytes([127, 0, 0, 1])
-    seq0 = 4000 + pt  # arbitrary but fixed, so regeneration is byte-identical
+    if seq0 is None:
+        seq0 = 4000 + pt  # arbitrary but fixed, so regeneration is byte-identical
     ts0 = 160000
     t0 = 1_700_000_000
     with open(path, "wb") as f:
@@ -134,6 +140,10 @@ def make(codec, out_dir, seconds):
         payloads = [bytes(codec_state.encode(c)) for c in chunks(pcm, 320)]
         assert all(len(p) == 160 for p in payloads)
         write_pcap(path, 9, 0x5EED0009, payloads)
+    elif codec == "ringback":
+        pcm = sine(8000, RINGBACK_SECONDS, [(RINGBACK_HZ, 0.3)])
+        payloads = [bytes(ulaw_encode(s) for s in c) for c in chunks(pcm, 160)]
+        write_pcap(path, 0, 0x5EED0000, payloads, seq0=3900)
     else:
         raise ValueError(codec)
     return path
@@ -144,10 +154,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(here, "..", "tests", "e2e", "pcap"))
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--only", choices=["pcmu", "pcma", "g722"])
+    ap.add_argument("--only", choices=["pcmu", "pcma", "g722", "ringback"])
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    for codec in [args.only] if args.only else ["pcmu", "pcma", "g722"]:
+    for codec in [args.only] if args.only else ["pcmu", "pcma", "g722", "ringback"]:
         print(make(codec, args.out, args.seconds))
 
 

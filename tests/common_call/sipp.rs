@@ -112,37 +112,50 @@ pub struct Uac<'a> {
     pub extra: Vec<String>,
 }
 
-/// Runs one call with SIPp as the UAC; bounded by `timeout` (SIPp's own `-timeout` plus a
-/// margin, then killed).
-pub async fn run_uac(opts: Uac<'_>) -> SippRun {
-    super::require_tool("sipp");
-    let sip_port = super::free_udp_port();
-    let media_port = opts.media_port;
-    let msg_file = opts.dir.join(format!("sipp-{sip_port}-messages.log"));
-    let err_file = opts.dir.join(format!("sipp-{sip_port}-errors.log"));
-    let secs = opts.timeout.as_secs().max(5);
+/// The SIPp command shared by both roles: one call, message and error traces kept, run
+/// from `tests/e2e/sipp` (scenarios name their pcaps relative to it).
+fn command(
+    target: Option<SocketAddr>,
+    scenario: &Path,
+    sip_port: u16,
+    media_port: u16,
+    msg_file: &Path,
+    err_file: &Path,
+    secs: u64,
+) -> Command {
     let mut cmd = Command::new("sipp");
-    cmd.arg(opts.target.to_string())
-        .arg("-sf")
-        .arg(scenario(opts.scenario))
-        .args(["-s", opts.service])
+    if let Some(target) = target {
+        cmd.arg(target.to_string());
+    }
+    cmd.arg("-sf")
+        .arg(scenario)
         .args(["-i", "127.0.0.1", "-p", &sip_port.to_string()])
         .args(["-mi", "127.0.0.1", "-mp", &media_port.to_string()])
-        .args(["-m", "1", "-l", "1", "-nostdin", "-timeout_error"])
+        .args(["-m", "1", "-nostdin", "-timeout_error"])
         .args(["-timeout", &format!("{secs}s")])
         .arg("-trace_msg")
         .arg("-message_file")
-        .arg(&msg_file)
+        .arg(msg_file)
         .arg("-trace_err")
         .arg("-error_file")
-        .arg(&err_file)
-        .args(&opts.extra)
+        .arg(err_file)
         .current_dir(super::e2e_dir().join("sipp"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let child = cmd.spawn().expect("start sipp");
+    cmd
+}
+
+/// Waits (bounded) for a SIPp run to end and gathers what it left.
+async fn collect(
+    child: tokio::process::Child,
+    secs: u64,
+    msg_file: &Path,
+    err_file: &Path,
+    sip_port: u16,
+    media_port: u16,
+) -> SippRun {
     let waited =
         tokio::time::timeout(Duration::from_secs(secs + 10), child.wait_with_output()).await;
     let (code, timed_out, output) = match waited {
@@ -161,10 +174,105 @@ pub async fn run_uac(opts: Uac<'_>) -> SippRun {
     SippRun {
         code,
         timed_out,
-        messages: std::fs::read_to_string(&msg_file).unwrap_or_default(),
-        errors: std::fs::read_to_string(&err_file).unwrap_or_default(),
+        messages: std::fs::read_to_string(msg_file).unwrap_or_default(),
+        errors: std::fs::read_to_string(err_file).unwrap_or_default(),
         output,
         sip_port,
         media_port,
+    }
+}
+
+/// Runs one call with SIPp as the UAC; bounded by `timeout` (SIPp's own `-timeout` plus a
+/// margin, then killed).
+pub async fn run_uac(opts: Uac<'_>) -> SippRun {
+    super::require_tool("sipp");
+    let sip_port = super::free_udp_port();
+    let media_port = opts.media_port;
+    let msg_file = opts.dir.join(format!("sipp-{sip_port}-messages.log"));
+    let err_file = opts.dir.join(format!("sipp-{sip_port}-errors.log"));
+    let secs = opts.timeout.as_secs().max(5);
+    let mut cmd = command(
+        Some(opts.target),
+        &scenario(opts.scenario),
+        sip_port,
+        media_port,
+        &msg_file,
+        &err_file,
+        secs,
+    );
+    cmd.args(["-s", opts.service, "-l", "1"]).args(&opts.extra);
+    let child = cmd.spawn().expect("start sipp");
+    collect(child, secs, &msg_file, &err_file, sip_port, media_port).await
+}
+
+/// Options for one SIPp UAS (a trunk answering dialtone's outbound call).
+pub struct Uas<'a> {
+    pub scenario: &'a str,
+    /// `[name]` → value replacements made in a copy of the scenario before SIPp reads it
+    /// (for what `-key` cannot do, such as whole message bodies).
+    pub keys: &'a [(&'a str, &'a str)],
+    pub dir: &'a Path,
+    pub media_port: u16,
+    pub timeout: Duration,
+}
+
+/// A SIPp UAS waiting for its one call.
+pub struct RunningUas {
+    child: tokio::process::Child,
+    /// Where it listens for SIP (UDP on 127.0.0.1).
+    pub sip_port: u16,
+    media_port: u16,
+    secs: u64,
+    msg_file: PathBuf,
+    err_file: PathBuf,
+}
+
+/// Starts SIPp as a UAS on a free port and gives it a moment to bind.
+pub async fn start_uas(opts: Uas<'_>) -> RunningUas {
+    super::require_tool("sipp");
+    let sip_port = super::free_udp_port();
+    let mut text = std::fs::read_to_string(scenario(opts.scenario)).expect("scenario");
+    for (k, v) in opts.keys {
+        text = text.replace(&format!("[{k}]"), v);
+    }
+    let path = opts.dir.join(format!("uas-{sip_port}-{}", opts.scenario));
+    std::fs::write(&path, text).expect("write the scenario copy");
+    let msg_file = opts.dir.join(format!("sipp-{sip_port}-messages.log"));
+    let err_file = opts.dir.join(format!("sipp-{sip_port}-errors.log"));
+    let secs = opts.timeout.as_secs().max(5);
+    let child = command(
+        None,
+        &path,
+        sip_port,
+        opts.media_port,
+        &msg_file,
+        &err_file,
+        secs,
+    )
+    .spawn()
+    .expect("start sipp");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    RunningUas {
+        child,
+        sip_port,
+        media_port: opts.media_port,
+        secs,
+        msg_file,
+        err_file,
+    }
+}
+
+impl RunningUas {
+    /// Waits for the call to end (bounded) and returns what SIPp did.
+    pub async fn wait(self) -> SippRun {
+        collect(
+            self.child,
+            self.secs,
+            &self.msg_file,
+            &self.err_file,
+            self.sip_port,
+            self.media_port,
+        )
+        .await
     }
 }
