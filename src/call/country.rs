@@ -100,6 +100,16 @@ pub fn country_of(number: &str) -> Option<&'static str> {
     })
 }
 
+/// Whether a number's allow-list admits `country` (the other party's, from
+/// [`country_of`]): an absent or empty list admits everyone, even a number of no country;
+/// otherwise the country must be listed.
+pub fn admits(list: Option<&[String]>, country: Option<&str>) -> bool {
+    match list {
+        None | Some([]) => true,
+        Some(list) => country.is_some_and(|c| list.iter().any(|l| l == c)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +269,16 @@ mod tests {
         ] {
             assert_eq!(country_of(number), None, "{number}");
         }
+    }
+
+    #[test]
+    fn allow_lists() {
+        let ca = ["CA".to_owned()];
+        assert!(admits(None, None));
+        assert!(admits(Some(&[]), None));
+        assert!(admits(Some(&ca), Some("CA")));
+        assert!(!admits(Some(&ca), Some("US")));
+        assert!(!admits(Some(&ca), None));
     }
 
     #[test]
