@@ -95,3 +95,8 @@ pub fn media_rtp_to_agent_histogram() -> metrics::Histogram {
 pub fn media_sessions(delta: f64) {
     gauge!("dialtone_media_sessions").increment(delta);
 }
+
+/// An inbound call refused before it was routed, by cause (`country_not_allowed`).
+pub fn inbound_call_rejected(cause: &'static str) {
+    counter!("dialtone_inbound_calls_rejected_total", "cause" => cause).increment(1);
+}

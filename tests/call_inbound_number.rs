@@ -2,6 +2,8 @@
 //! carrier, sends an INVITE to `+14155550100@dialtone` with an `X-Customer-Id` header and
 //! plays a tone. The agent's `start` carries the header, the tone comes back, and SIPp's
 //! BYE ends the call as `user_hangup`, with direction `inbound` and the header recorded.
+//! A number's `allowed_inbound_country_list` turns callers from other countries away with
+//! 403 before its webhook or agent is asked.
 
 mod common_call;
 
@@ -10,27 +12,46 @@ use std::time::Duration;
 use common_call::agent::{Mode, TestAgent};
 use common_call::capture::Capture;
 use common_call::flow::split_rtp;
+use common_call::sipp::SippRun;
 use common_call::{audio, sipp, Dialtone};
 use dialtone::media::codec::CodecKind;
-use serde_json::json;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+/// Imports a number (asserting 201).
+async fn import(server: &Dialtone, body: Value) {
+    let (status, number) = server.api("POST", "/import-phone-number", Some(body)).await;
+    assert_eq!(status, 201, "{number}");
+}
+
+/// SIPp as the carrier: a call from `caller` to `number` (`uac_pcap_pcmu_carrier.xml`).
+async fn carrier_call(server: &Dialtone, number: &str, caller: &str, media_port: u16) -> SippRun {
+    sipp::run_uac(sipp::Uac {
+        scenario: "uac_pcap_pcmu_carrier.xml",
+        target: server.sip,
+        service: number,
+        dir: server.dir.path(),
+        media_port,
+        timeout: Duration::from_secs(30),
+        extra: vec!["-key".into(), "caller".into(), caller.into()],
+    })
+    .await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carrier_call_to_an_imported_number_reaches_its_agent_with_x_headers() {
     let server = Dialtone::start().await;
     let agent = TestAgent::start(Mode::Echo).await;
     let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
-    let (status, number) = server
-        .api(
-            "POST",
-            "/import-phone-number",
-            Some(json!({
-                "phone_number": "+14155550100",
-                "termination_uri": "trunk.example.com",
-                "inbound_agent_id": agent_id,
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{number}");
+    import(
+        &server,
+        json!({
+            "phone_number": "+14155550100",
+            "termination_uri": "trunk.example.com",
+            "inbound_agent_id": agent_id,
+        }),
+    )
+    .await;
 
     let media_port = common_call::free_port_block(4);
     let capture = Capture::start(
@@ -39,16 +60,7 @@ async fn carrier_call_to_an_imported_number_reaches_its_agent_with_x_headers() {
         &format!("udp and port {media_port}"),
     )
     .await;
-    let run = sipp::run_uac(sipp::Uac {
-        scenario: "uac_pcap_pcmu_carrier.xml",
-        target: server.sip,
-        service: "+14155550100",
-        dir: server.dir.path(),
-        media_port,
-        timeout: Duration::from_secs(30),
-        extra: vec![],
-    })
-    .await;
+    let run = carrier_call(&server, "+14155550100", "+14155550123", media_port).await;
     let packets = capture.stop().await;
     assert!(run.ok(), "the SIPp call failed:\n{}", run.describe());
 
@@ -121,30 +133,18 @@ async fn inbound_webhook_overrides_the_agent_and_adds_context() {
     let bound_id = server.create_agent(&bound.url(), "mulaw_8000").await;
     let chosen_id = server.create_agent(&chosen.url(), "mulaw_8000").await;
     let (hook_url, hook) = webhook_server(chosen_id.clone()).await;
-    let (status, number) = server
-        .api(
-            "POST",
-            "/import-phone-number",
-            Some(json!({
-                "phone_number": "+14155550101",
-                "termination_uri": "trunk.example.com",
-                "inbound_agent_id": bound_id,
-                "inbound_webhook_url": hook_url,
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{number}");
-    let media_port = common_call::free_port_block(4);
-    let run = sipp::run_uac(sipp::Uac {
-        scenario: "uac_pcap_pcmu_carrier.xml",
-        target: server.sip,
-        service: "+14155550101",
-        dir: server.dir.path(),
-        media_port,
-        timeout: Duration::from_secs(30),
-        extra: vec![],
-    })
+    import(
+        &server,
+        json!({
+            "phone_number": "+14155550101",
+            "termination_uri": "trunk.example.com",
+            "inbound_agent_id": bound_id,
+            "inbound_webhook_url": hook_url,
+        }),
+    )
     .await;
+    let media_port = common_call::free_port_block(4);
+    let run = carrier_call(&server, "+14155550101", "+14155550123", media_port).await;
     assert!(run.ok(), "the SIPp call failed:\n{}", run.describe());
 
     let request = hook.await.unwrap();
@@ -182,4 +182,114 @@ async fn inbound_webhook_overrides_the_agent_and_adds_context() {
     assert_eq!(call["agent_id"], chosen_id.as_str(), "{call}");
     assert_eq!(call["metadata"]["crm"], "vip", "{call}");
     assert_eq!(call["disconnection_reason"], "user_hangup", "{call}");
+}
+
+/// A number taking calls from Canada only, with an inbound webhook that must not be asked
+/// for refused callers.
+async fn canada_only_number(server: &Dialtone, number: &str, agent_id: &str) -> TcpListener {
+    let hook = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    import(
+        server,
+        json!({
+            "phone_number": number,
+            "termination_uri": "trunk.example.com",
+            "inbound_agent_id": agent_id,
+            "inbound_webhook_url": format!("http://{}/inbound", hook.local_addr().unwrap()),
+            "allowed_inbound_country_list": ["CA"],
+        }),
+    )
+    .await;
+    hook
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_from_an_unlisted_country_gets_403_and_reaches_nobody() {
+    let server = Dialtone::start().await;
+    let agent = TestAgent::start(Mode::Echo).await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    let hook = canada_only_number(&server, "+14155550102", &agent_id).await;
+
+    // A San Francisco caller: US, not on the list.
+    let media_port = common_call::free_port_block(4);
+    let run = carrier_call(&server, "+14155550102", "+14155550123", media_port).await;
+    // The scenario expects an answer, so SIPp counts the call as failed (it ACKs the 403).
+    let codes = run.received_status_codes();
+    assert!(
+        codes.contains(&403) && !codes.contains(&200),
+        "expected 403 and no answer: {codes:?}\n{}",
+        run.describe()
+    );
+    assert!(
+        run.messages
+            .contains("403 Forbidden (caller country not allowed)"),
+        "{}",
+        run.describe()
+    );
+
+    // Neither the webhook nor the agent was asked, and no call was recorded.
+    let webhook = tokio::time::timeout(Duration::from_millis(300), hook.accept()).await;
+    assert!(webhook.is_err(), "the inbound webhook was called");
+    let conns = agent
+        .wait_until(Duration::from_millis(300), |c| !c.is_empty())
+        .await;
+    assert!(conns.is_empty(), "no agent websocket: {conns:?}");
+    let (status, calls) = server.api("POST", "/v3/list-calls", Some(json!({}))).await;
+    assert_eq!(status, 200, "{calls}");
+    assert_eq!(calls["items"], json!([]), "no call record");
+
+    let metrics = server.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "dialtone_inbound_calls_rejected_total{cause=\"country_not_allowed\"} 1"),
+        "{metrics}"
+    );
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("caller country not allowed"))
+        .unwrap_or_else(|| panic!("no log line for the refusal:\n{log}"));
+    assert!(
+        line.contains("+14155550102") && line.contains("US"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_from_a_listed_country_is_answered() {
+    let server = Dialtone::start().await;
+    let agent = TestAgent::start(Mode::Echo).await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    let hook = canada_only_number(&server, "+14155550103", &agent_id).await;
+    // The webhook answers with nothing to change; the bound agent takes the call.
+    let webhook = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = hook.accept().await.unwrap();
+        let mut buf = vec![0u8; 8192];
+        let _ = s.read(&mut buf).await.unwrap();
+        s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+    });
+
+    // A Toronto caller: CA.
+    let media_port = common_call::free_port_block(4);
+    let run = carrier_call(&server, "+14155550103", "+14165550123", media_port).await;
+    assert!(run.ok(), "the SIPp call failed:\n{}", run.describe());
+    webhook.await.unwrap();
+    let conns = agent
+        .wait_until(Duration::from_secs(5), |c| {
+            !c.is_empty() && c.iter().all(|c| c.finished)
+        })
+        .await;
+    assert_eq!(conns.len(), 1, "one agent websocket: {conns:?}");
+    let start = conns[0].first("start").expect("a start message").clone();
+    let params = &start["start"]["customParameters"];
+    assert_eq!(params["from_number"], "+14165550123", "{start}");
+    let call_id = start["start"]["callSid"].as_str().unwrap().to_string();
+    let call = server
+        .wait_call_final(&call_id, Duration::from_secs(10))
+        .await;
+    assert_eq!(call["disconnection_reason"], "user_hangup", "{call}");
+    assert_eq!(call["from_number"], "+14165550123", "{call}");
 }

@@ -1,6 +1,8 @@
 //! Outbound calls through an imported number's trunk, with SIPp as the trunk (UAS):
 //! digest authentication, stop-call sending BYE, and final failures mapped to their
 //! `disconnection_reason`s; a trunk that never answers ends as `dial_failed` (Timer B).
+//! A number's `allowed_outbound_country_list` lets calls to listed countries through and
+//! refuses the others with 400, before anything is dialled or recorded.
 
 mod common_api;
 
@@ -286,4 +288,51 @@ fn unknown_caller_id_is_an_api_error() {
         Some(json!({"from_number": "+14155550999", "to_number": "not-e164"})),
     );
     assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn outbound_country_list_dials_listed_countries_only() {
+    let server = Server::start();
+    let trunk = Trunk::start("trunk_reject.xml", &[("status", "486")]);
+    let body = json!({
+        "phone_number": "+14155550115",
+        "termination_uri": format!("127.0.0.1:{}", trunk.port),
+        "transport": "UDP",
+        "outbound_agent_id": "echo",
+        "allowed_outbound_country_list": ["CA"],
+    });
+    let (status, reply) = api(&server, "POST", "/import-phone-number", Some(body));
+    assert_eq!(status, 201, "{reply}");
+    let call = |to: &str| {
+        let body = json!({"from_number": "+14155550115", "to_number": to});
+        api(&server, "POST", "/v2/create-phone-call", Some(body))
+    };
+
+    // A US callee: refused, nothing dialled or recorded.
+    let (status, refused) = call("+14155550199");
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["field"], "to_number", "{refused}");
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("US") && message.contains("[CA]"),
+        "{message}"
+    );
+
+    // A Toronto callee: dialled through the trunk, which answers 486.
+    let (status, placed) = call("+14165550199");
+    assert_eq!(status, 201, "{placed}");
+    let call_id = placed["call_id"].as_str().unwrap();
+    let ended = wait_call(&server, call_id, |c| c["call_status"] == "not_connected");
+    assert_eq!(ended["disconnection_reason"], "dial_busy", "{ended}");
+    assert_eq!(trunk.wait(), 0, "the trunk never got the INVITE");
+
+    let (status, calls) = api(&server, "POST", "/v3/list-calls", Some(json!({})));
+    assert_eq!(status, 200, "{calls}");
+    let ids: Vec<&str> = calls["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["call_id"].as_str())
+        .collect();
+    assert_eq!(ids, [call_id], "only the allowed call exists");
 }

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::agent::bridge::{self, AgentConfig, StartInfo};
+use crate::call::country;
 use crate::call::model::{Agent, Call, DisconnectionReason};
 use crate::call::CallControl;
 use crate::config::{CallSettings, TimerSettings};
@@ -182,6 +183,22 @@ enum Route {
     Number(Call),
 }
 
+/// Why an INVITE to an imported number gets no call (and no call record, as with any
+/// rejection before routing).
+enum NoRoute {
+    /// No number matches, or it has no usable inbound agent: 404.
+    NotFound,
+    /// The caller's country is not on the number's `allowed_inbound_country_list`: 403.
+    CountryNotAllowed,
+    Store(crate::store::StoreError),
+}
+
+impl From<crate::store::StoreError> for NoRoute {
+    fn from(err: crate::store::StoreError) -> NoRoute {
+        NoRoute::Store(err)
+    }
+}
+
 /// The user part of a `sip:`/`sips:`/`tel:` URI, unescaped.
 fn user_of(uri: &str) -> Option<String> {
     if let Some(number) = uri.strip_prefix("tel:") {
@@ -243,9 +260,12 @@ impl Engine {
         let route = match registered {
             Some(call) => Route::Registered(call),
             None => match self.route_to_number(&invite, &user).await {
-                Ok(Some(call)) => Route::Number(call),
-                Ok(None) => return reject(&tx, &invite, 404, "Not Found"),
-                Err(err) => {
+                Ok(call) => Route::Number(call),
+                Err(NoRoute::NotFound) => return reject(&tx, &invite, 404, "Not Found"),
+                Err(NoRoute::CountryNotAllowed) => {
+                    return reject(&tx, &invite, 403, "Forbidden (caller country not allowed)")
+                }
+                Err(NoRoute::Store(err)) => {
                     warn!(%err, "store unavailable while routing an INVITE");
                     return reject(&tx, &invite, 503, "Service Unavailable");
                 }
@@ -351,13 +371,9 @@ impl Engine {
     }
 
     /// An inbound trunk call to an imported number: the Request-URI user names it, or else
-    /// the To user. Picks the inbound agent by weight. `None` when no number matches or no
-    /// agent is bound to it (the caller gets 404).
-    async fn route_to_number(
-        &self,
-        invite: &Request,
-        uri_user: &str,
-    ) -> Result<Option<Call>, crate::store::StoreError> {
+    /// the To user. Refuses callers from countries the number does not allow, before its
+    /// webhook or any agent is asked. Picks the inbound agent by weight.
+    async fn route_to_number(&self, invite: &Request, uri_user: &str) -> Result<Call, NoRoute> {
         let to_user = invite
             .headers
             .get("To")
@@ -370,7 +386,7 @@ impl Engine {
             }
         }
         let Some(number) = number else {
-            return Ok(None);
+            return Err(NoRoute::NotFound);
         };
         let bound = crate::call::number::pick_agent(&number.inbound_agents, rand::random::<f64>())
             .map(str::to_owned);
@@ -379,6 +395,17 @@ impl Engine {
             .get("From")
             .and_then(|f| message::NameAddr::parse(f).ok())
             .and_then(|f| user_of(&f.uri));
+        let caller_country = from_number.as_deref().and_then(country::country_of);
+        let allowed = number.allowed_inbound_country_list.as_deref();
+        if !country::admits(allowed, caller_country) {
+            info!(
+                number = %number.phone_number,
+                caller_country = caller_country.unwrap_or("unknown"),
+                "inbound call refused: caller country not allowed"
+            );
+            crate::metrics::inbound_call_rejected("country_not_allowed");
+            return Err(NoRoute::CountryNotAllowed);
+        }
         // The number's webhook may pick the agent and add context before we answer.
         let hook = match number.inbound_webhook_url.as_deref() {
             Some(url) => {
@@ -407,7 +434,7 @@ impl Engine {
         }
         let Some(agent) = agent else {
             info!(number = %number.phone_number, "inbound call to a number with no usable inbound agent");
-            return Ok(None);
+            return Err(NoRoute::NotFound);
         };
         let custom: BTreeMap<String, String> = invite
             .headers
@@ -415,7 +442,7 @@ impl Engine {
             .filter(|(name, _)| name.len() > 2 && name[..2].eq_ignore_ascii_case("x-"))
             .map(|(name, value)| (name.to_string(), value.to_string()))
             .collect();
-        Ok(Some(Call {
+        Ok(Call {
             call_id: crate::store::new_id("call_"),
             call_type: "phone_call".to_string(),
             agent_id: agent.agent_id.clone(),
@@ -439,7 +466,7 @@ impl Engine {
             sip_status: None,
             registered_until: None,
             created_timestamp: now_ms(),
-        }))
+        })
     }
 
     /// The media session's settings for a call with `agent`.

@@ -1,5 +1,6 @@
 //! Calls: the records they are made of, and (with the call engine) how they live and end.
 
+pub mod country;
 pub mod engine;
 pub mod model;
 pub mod number;

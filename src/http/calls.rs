@@ -16,7 +16,9 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiJson, AppState};
+use crate::call::country::{admits, country_of};
 use crate::call::model::{Call, CallStatus, Direction, DisconnectionReason};
+use crate::call::number::PhoneNumber;
 use crate::store::{
     new_id, now_ms, AgentMatch, CallFilter, CallUpdate, DeleteCall, NumberMatch, SortOrder,
     TextMatch,
@@ -504,6 +506,25 @@ pub struct CreatePhoneCall {
     ignore_e164_validation: Option<bool>,
 }
 
+/// A 400 when `from`'s `allowed_outbound_country_list` is set and does not name the
+/// country of `to_number` (a number of no known country is never in a list).
+fn check_outbound_country(from: &PhoneNumber, to_number: &str) -> Result<(), ApiError> {
+    let list = from.allowed_outbound_country_list.as_deref();
+    let country = country_of(to_number);
+    if admits(list, country) {
+        return Ok(());
+    }
+    Err(ApiError::bad_field(
+        "to_number",
+        format!(
+            "to_number {to_number} is in {}, not in {}'s allowed_outbound_country_list [{}]",
+            country.unwrap_or("no known country"),
+            from.phone_number,
+            list.unwrap_or_default().join(", ")
+        ),
+    ))
+}
+
 /// `POST /v2/create-phone-call` → 201 with the call (`registered` until the trunk answers):
 /// dials `to_number` through the trunk of the imported `from_number`.
 pub async fn create_phone_call(
@@ -560,6 +581,7 @@ pub async fn create_phone_call(
                 body.from_number
             ))
         })?;
+    check_outbound_country(&number, &body.to_number)?;
     let agent_id = match body.override_agent_id {
         Some(id) => id,
         None => crate::call::number::pick_agent(&number.outbound_agents, rand::random::<f64>())

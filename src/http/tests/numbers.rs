@@ -527,6 +527,43 @@ async fn list_pages_and_delete() {
     assert_eq!(all.as_array().unwrap().len(), 1);
 }
 
+#[tokio::test]
+async fn outbound_country_list_refuses_other_countries_and_writes_nothing() {
+    let api = Api::new().await;
+    let a = api.agent().await;
+    api.import(json!({
+        "phone_number": "+14155550100",
+        "termination_uri": "trunk.example.com",
+        "outbound_agent_id": a,
+        "allowed_outbound_country_list": ["CA", "US"],
+    }))
+    .await;
+    for (to, country) in [
+        ("+442071838750", "GB"),
+        ("+18765550100", "JM"),
+        ("+80012345678", "no known country"),
+    ] {
+        let body = json!({"from_number": "+14155550100", "to_number": to});
+        let reply = api
+            .call(Method::POST, "/v2/create-phone-call", Some(body))
+            .await;
+        let json = reply.error(StatusCode::BAD_REQUEST, "bad_request");
+        assert_eq!(json["field"], "to_number", "{json}");
+        let message = json["message"].as_str().unwrap();
+        assert!(message.contains(country), "{message}");
+        assert!(message.contains("[CA, US]"), "{message}");
+    }
+    let calls = api
+        .ok(
+            Method::POST,
+            "/v3/list-calls",
+            Some(json!({})),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(calls["items"], json!([]), "no call was created");
+}
+
 // That the password stays out of the log is tested in `tests/number_password_logs.rs`,
 // in a process of its own: a subscriber scoped to one test thread races other tests over
 // tracing's global callsite cache.
