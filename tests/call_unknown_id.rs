@@ -1,5 +1,5 @@
 //! Issue 3: an INVITE to a call_id that was never registered is answered 404, and no agent
-//! is contacted.
+//! is contacted; each refusal is counted in `dialtone_inbound_calls_rejected_total`.
 
 mod common_call;
 
@@ -37,6 +37,14 @@ async fn invite_to_an_unregistered_call_id_gets_404() {
     assert!(
         agent.connections().is_empty(),
         "no agent websocket for an unknown id"
+    );
+    // Each refusal is counted.
+    let metrics = server.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "dialtone_inbound_calls_rejected_total{cause=\"no_route\"} 3"),
+        "{metrics}"
     );
     // The registered call is untouched.
     let call = server.get_call(&real_id).await;

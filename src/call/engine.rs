@@ -247,12 +247,14 @@ impl Engine {
     /// ring while the agent's socket opens, answer, and run the call to its end.
     async fn inbound_call(self, invite: Request, tx: ServerTxHandle, from: Inbound) {
         let Some(user) = invite.uri_user() else {
+            crate::metrics::inbound_call_rejected("no_route");
             return reject(&tx, &invite, 404, "Not Found");
         };
         // A registered call's id, or else an imported number (Request-URI user, then To user).
         let registered = match self.inner.store.get_call(&user).await {
             Ok(found) => found,
             Err(err) => {
+                crate::metrics::inbound_call_rejected("store_unavailable");
                 warn!(%err, "store unavailable while routing an INVITE");
                 return reject(&tx, &invite, 503, "Service Unavailable");
             }
@@ -261,11 +263,16 @@ impl Engine {
             Some(call) => Route::Registered(call),
             None => match self.route_to_number(&invite, &user).await {
                 Ok(call) => Route::Number(call),
-                Err(NoRoute::NotFound) => return reject(&tx, &invite, 404, "Not Found"),
+                Err(NoRoute::NotFound) => {
+                    crate::metrics::inbound_call_rejected("no_route");
+                    debug!(%user, "no registered call or imported number with an agent: 404");
+                    return reject(&tx, &invite, 404, "Not Found");
+                }
                 Err(NoRoute::CountryNotAllowed) => {
                     return reject(&tx, &invite, 403, "Forbidden (caller country not allowed)")
                 }
                 Err(NoRoute::Store(err)) => {
+                    crate::metrics::inbound_call_rejected("store_unavailable");
                     warn!(%err, "store unavailable while routing an INVITE");
                     return reject(&tx, &invite, 503, "Service Unavailable");
                 }
