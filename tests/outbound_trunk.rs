@@ -1,6 +1,8 @@
 //! Outbound calls through an imported number's trunk, with SIPp as the trunk (UAS):
 //! digest authentication, stop-call sending BYE, and final failures mapped to their
-//! `disconnection_reason`s; a trunk that never answers ends as `dial_failed` (Timer B).
+//! `disconnection_reason`s; a trunk that never answers ends as `dial_failed` (Timer B); one
+//! that refuses TCP, or presents a TLS certificate nobody signed, as
+//! `telephony_provider_unavailable`.
 //! A number's `allowed_outbound_country_list` lets calls to listed countries through and
 //! refuses the others with 400, before anything is dialled or recorded.
 
@@ -335,4 +337,95 @@ fn outbound_country_list_dials_listed_countries_only() {
         .filter_map(|c| c["call_id"].as_str())
         .collect();
     assert_eq!(ids, [call_id], "only the allowed call exists");
+}
+
+/// A self-signed certificate and its key, as PEM files in `dir`.
+fn self_signed(dir: &std::path::Path, name: &str) -> (String, String) {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    (cert.display().to_string(), key.display().to_string())
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn trunk_refusing_tcp_ends_as_provider_unavailable() {
+    let tcp = format!("127.0.0.1:{}", free_tcp_port());
+    let server = Server::start_env(&[("DIALTONE__SIP__TCP", &tcp)]);
+    // Nothing listens there: the connection is refused.
+    let closed = free_tcp_port();
+    let body = json!({
+        "phone_number": "+14155550115",
+        "termination_uri": format!("127.0.0.1:{closed}"),
+        "transport": "TCP",
+        "outbound_agent_id": "echo",
+    });
+    assert_eq!(
+        api(&server, "POST", "/import-phone-number", Some(body)).0,
+        201
+    );
+    let call_id = dial(&server, "+14155550115");
+    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    assert_eq!(
+        call["disconnection_reason"], "telephony_provider_unavailable",
+        "{call}"
+    );
+}
+
+#[test]
+fn trunk_failing_tls_ends_as_provider_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "dialtone");
+    let tls = format!("127.0.0.1:{}", free_tcp_port());
+    let server = Server::start_env(&[
+        ("DIALTONE__SIP__TLS", &tls),
+        ("DIALTONE__TLS__CERT", &cert),
+        ("DIALTONE__TLS__KEY", &key),
+    ]);
+    // A real TLS server (openssl s_server) whose certificate nobody signed: dialtone must
+    // refuse the handshake, not send the INVITE in the clear or wait for Timer B.
+    let (trunk_cert, trunk_key) = self_signed(dir.path(), "trunk");
+    let port = free_tcp_port();
+    let mut trunk = Command::new("openssl")
+        .args(["s_server", "-quiet", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-cert", &trunk_cert, "-key", &trunk_key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = json!({
+        "phone_number": "+14155550116",
+        "termination_uri": format!("127.0.0.1:{port}"),
+        "transport": "TLS",
+        "outbound_agent_id": "echo",
+    });
+    assert_eq!(
+        api(&server, "POST", "/import-phone-number", Some(body)).0,
+        201
+    );
+    let call_id = dial(&server, "+14155550116");
+    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    let _ = trunk.kill();
+    let _ = trunk.wait();
+    // (Timer B would have ended it as dial_failed.)
+    assert_eq!(
+        call["disconnection_reason"], "telephony_provider_unavailable",
+        "{call}"
+    );
 }
