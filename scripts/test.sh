@@ -31,6 +31,7 @@ declare -A provides=(
     [baresip]=baresip
     [tcpdump]=tcpdump
     [python3]=python3
+    [dnsmasq]=dnsmasq-base
 )
 missing=()
 for bin in "${!provides[@]}"; do

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["sip.allow", "api.keys"];
+const LIST_KEYS: &[&str] = &["sip.allow", "sip.dns_servers", "api.keys"];
 
 /// A configuration problem, always naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +67,7 @@ struct RawSip {
     tls: String,
     public_host: String,
     allow: Vec<String>,
+    dns_servers: Vec<String>,
     max_message_bytes: usize,
     max_headers: usize,
     max_connections_per_ip: usize,
@@ -85,6 +86,7 @@ impl Default for RawSip {
             tls: String::new(),
             public_host: "127.0.0.1".into(),
             allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            dns_servers: Vec::new(),
             max_message_bytes: 65_535,
             max_headers: 128,
             max_connections_per_ip: 64,
@@ -228,6 +230,8 @@ pub struct SipSettings {
     pub tls: Option<SocketAddr>,
     pub public_host: String,
     pub allow: Vec<IpNet>,
+    /// Name servers for RFC 3263 lookups of trunk hosts; empty means the system's.
+    pub dns_servers: Vec<SocketAddr>,
     pub limits: SipLimits,
     pub timers: TimerSettings,
 }
@@ -401,6 +405,25 @@ impl RawSettings {
                 )
             })?);
         }
+        let mut dns_servers = Vec::with_capacity(sip.dns_servers.len());
+        for entry in &sip.dns_servers {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let server = entry.parse::<SocketAddr>().ok().or_else(|| {
+                entry
+                    .parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            dns_servers.push(server.ok_or_else(|| {
+                invalid(
+                    "sip.dns_servers",
+                    format!("'{entry}' is not an IP address or ip:port"),
+                )
+            })?);
+        }
         if sip.max_message_bytes < 1024 || sip.max_message_bytes > 1 << 20 {
             return Err(invalid(
                 "sip.max_message_bytes",
@@ -535,6 +558,7 @@ impl RawSettings {
                 tls: tls_addr,
                 public_host: sip.public_host.trim().to_string(),
                 allow,
+                dns_servers,
                 limits,
                 timers,
             },
@@ -614,9 +638,17 @@ mod tests {
                 ("DIALTONE__SIP__ALLOW", "10.0.0.0/8,192.0.2.7"),
                 ("DIALTONE__API__KEYS", "abcdefgh1,abcdefgh2"),
                 ("DIALTONE__CALLS__REGISTERED_CALL_TIMEOUT_MS", "1000"),
+                ("DIALTONE__SIP__DNS_SERVERS", "10.0.0.2,127.0.0.1:5353"),
             ]),
         )
         .unwrap();
+        assert_eq!(
+            s.sip.dns_servers,
+            vec![
+                "10.0.0.2:53".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:5353".parse().unwrap()
+            ]
+        );
         assert_eq!(s.sip.udp, Some("127.0.0.1:6000".parse().unwrap()));
         assert_eq!(s.sip.allow.len(), 2);
         assert_eq!(s.sip.allow[1], "192.0.2.7/32".parse::<IpNet>().unwrap());
@@ -637,6 +669,7 @@ mod tests {
         let cases = [
             ("[sip]\nudp = \"nonsense\"\n", "sip.udp"),
             ("[sip]\nallow = [\"10.0.0.0/99\"]\n", "sip.allow"),
+            ("[sip]\ndns_servers = [\"ns.example\"]\n", "sip.dns_servers"),
             ("[media]\nrtp_ports = \"30000-20000\"\n", "media.rtp_ports"),
             ("[media]\npublic_ip = \"x.y\"\n", "media.public_ip"),
             ("[http]\nlisten = \"8080\"\n", "http.listen"),

@@ -161,6 +161,10 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         Some(std::net::IpAddr::V6(_)) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         _ => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
     };
+    if !settings.sip.dns_servers.is_empty() {
+        crate::sip::resolve::SystemLookup::configure(&settings.sip.dns_servers);
+        tracing::info!(servers = ?settings.sip.dns_servers, "trunk hosts resolved with the configured name servers");
+    }
     let engine = Engine::new(
         endpoint.clone(),
         store.clone(),

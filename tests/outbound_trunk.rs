@@ -2,7 +2,8 @@
 //! digest authentication, stop-call sending BYE, and final failures mapped to their
 //! `disconnection_reason`s; a trunk that never answers ends as `dial_failed` (Timer B); one
 //! that refuses TCP, or presents a TLS certificate nobody signed, as
-//! `telephony_provider_unavailable`.
+//! `telephony_provider_unavailable`. The trunk's host is found through a real DNS server
+//! (dnsmasq: SRV, then A records).
 //! A number's `allowed_outbound_country_list` lets calls to listed countries through and
 //! refuses the others with 400, before anything is dialled or recorded.
 
@@ -424,6 +425,101 @@ fn trunk_failing_tls_ends_as_provider_unavailable() {
     let _ = trunk.kill();
     let _ = trunk.wait();
     // (Timer B would have ended it as dial_failed.)
+    assert_eq!(
+        call["disconnection_reason"], "telephony_provider_unavailable",
+        "{call}"
+    );
+}
+
+/// dnsmasq on a free loopback port serving `records` (dnsmasq options such as
+/// `--srv-host=...`) and nothing else; killed on drop.
+struct Dns {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Dns {
+    fn start(records: &[String]) -> Dns {
+        let port = free_udp_port();
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--pid-file=",
+            ])
+            .args(["--no-resolv", "--no-hosts", "--bind-interfaces"])
+            .args(["--listen-address=127.0.0.1", "--user=root"])
+            .arg(format!("--port={port}"))
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (apt-get install dnsmasq-base)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // Ready once it answers a query (any answer will do).
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let query = [
+            0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1,
+        ];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            probe.send_to(&query, addr).unwrap();
+            if probe.recv(&mut [0u8; 512]).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "dnsmasq did not answer");
+        }
+        Dns { child, addr }
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn trunk_host_is_found_through_srv_then_a_records() {
+    // Two trunks; DNS is the only thing that says where they are.
+    let busy = Trunk::start("trunk_reject.xml", &[("status", "486")]);
+    let declining = Trunk::start("trunk_reject.xml", &[("status", "603")]);
+    let dns = Dns::start(&[
+        // RFC 3263: no port in the URI, so SRV _sip._udp names the host and the port.
+        format!(
+            "--srv-host=_sip._udp.trunk.test,gw1.trunk.test,{},10,100",
+            busy.port
+        ),
+        "--host-record=gw1.trunk.test,127.0.0.1".to_string(),
+        // With a port, only the host's A record is asked for.
+        "--host-record=gw2.trunk.test,127.0.0.1".to_string(),
+    ]);
+    let server = Server::start_env(&[("DIALTONE__SIP__DNS_SERVERS", &dns.addr.to_string())]);
+    import(&server, "+14155550117", "trunk.test", false);
+    let call_id = dial(&server, "+14155550117");
+    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    assert_eq!(call["disconnection_reason"], "dial_busy", "{call}");
+    assert_eq!(busy.wait(), 0, "the SRV target never got the INVITE");
+
+    let termination = format!("gw2.trunk.test:{}", declining.port);
+    import(&server, "+14155550118", &termination, false);
+    let call_id = dial(&server, "+14155550118");
+    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    assert_eq!(call["disconnection_reason"], "user_declined", "{call}");
+    assert_eq!(
+        declining.wait(),
+        0,
+        "the A record's host never got the INVITE"
+    );
+
+    // A name DNS does not know: the trunk cannot be reached.
+    import(&server, "+14155550119", "nowhere.trunk.test", false);
+    let call_id = dial(&server, "+14155550119");
+    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
     assert_eq!(
         call["disconnection_reason"], "telephony_provider_unavailable",
         "{call}"

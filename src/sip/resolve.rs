@@ -25,8 +25,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
+use hickory_resolver::config::{NameServerConfig, NameServerConfigGroup, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
 use rand::Rng;
 
@@ -307,6 +308,8 @@ trait LookupExt: Lookup {
 impl<L: Lookup> LookupExt for L {}
 
 /// The real DNS: hickory's resolver configured from `/etc/resolv.conf`.
+static SHARED: OnceLock<SystemLookup> = OnceLock::new();
+
 #[derive(Debug, Clone)]
 pub struct SystemLookup {
     resolver: TokioResolver,
@@ -317,7 +320,24 @@ impl SystemLookup {
     /// (what the C library assumes without `/etc/resolv.conf`), never a public resolver
     /// the operator did not choose.
     pub fn new() -> SystemLookup {
-        let mut builder = match TokioResolver::builder_tokio() {
+        SystemLookup::with_servers(&[])
+    }
+
+    /// With these name servers (UDP, then TCP for truncated answers), or the system's
+    /// when the list is empty.
+    pub fn with_servers(servers: &[SocketAddr]) -> SystemLookup {
+        let configured = (!servers.is_empty()).then(|| {
+            let mut group = NameServerConfigGroup::new();
+            for server in servers {
+                group.push(NameServerConfig::new(*server, Protocol::Udp));
+                group.push(NameServerConfig::new(*server, Protocol::Tcp));
+            }
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, Vec::new(), group),
+                TokioConnectionProvider::default(),
+            )
+        });
+        let system = || match TokioResolver::builder_tokio() {
             Ok(builder) => builder,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the system DNS configuration; using name servers on localhost");
@@ -335,6 +355,7 @@ impl SystemLookup {
                 )
             }
         };
+        let mut builder = configured.unwrap_or_else(system);
         let options = builder.options_mut();
         options.timeout = QUERY_TIMEOUT;
         options.attempts = QUERY_ATTEMPTS;
@@ -343,10 +364,16 @@ impl SystemLookup {
         }
     }
 
-    /// One resolver for the process, so its cache is shared.
+    /// One resolver for the process, so its cache is shared: the one [`Self::configure`]
+    /// set, or else the system's.
     pub fn shared() -> &'static SystemLookup {
-        static SHARED: OnceLock<SystemLookup> = OnceLock::new();
         SHARED.get_or_init(SystemLookup::new)
+    }
+
+    /// Sets the process's resolver to use `servers` (`sip.dns_servers`). Call once at
+    /// start, before any lookup; false if the resolver was already in use.
+    pub fn configure(servers: &[SocketAddr]) -> bool {
+        SHARED.set(SystemLookup::with_servers(servers)).is_ok()
     }
 }
 
