@@ -137,6 +137,18 @@ fn dial(server: &Server, from: &str) -> String {
     call["call_id"].as_str().unwrap().to_owned()
 }
 
+/// Dials from `from` and waits until the call is `not_connected`; returns the call.
+fn dial_not_connected(server: &Server, from: &str) -> Value {
+    let call_id = dial(server, from);
+    wait_call(server, &call_id, |c| c["call_status"] == "not_connected")
+}
+
+/// Imports a number with this body, which must succeed.
+fn import_body(server: &Server, body: Value) {
+    let (status, reply) = api(server, "POST", "/import-phone-number", Some(body));
+    assert_eq!(status, 201, "{reply}");
+}
+
 /// Polls the call until `done` holds (bounded); returns the last call object.
 fn wait_call(server: &Server, call_id: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -186,12 +198,8 @@ fn wrong_credentials_end_as_permission_denied() {
         "sip_trunk_auth_username": "trunkuser",
         "sip_trunk_auth_password": "not-the-password",
     });
-    assert_eq!(
-        api(&server, "POST", "/import-phone-number", Some(body)).0,
-        201
-    );
-    let call_id = dial(&server, "+14155550112");
-    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    import_body(&server, body);
+    let call = dial_not_connected(&server, "+14155550112");
     assert_eq!(
         call["disconnection_reason"], "telephony_provider_permission_denied",
         "{call}"
@@ -208,8 +216,7 @@ fn proxy_challenge_is_answered_with_proxy_authorization() {
         &format!("127.0.0.1:{}", trunk.port),
         true,
     );
-    let call_id = dial(&server, "+14155550114");
-    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    let call = dial_not_connected(&server, "+14155550114");
     // 486 comes only after SIPp found a SHA-256 Proxy-Authorization on the retried INVITE.
     assert_eq!(call["disconnection_reason"], "dial_busy", "{call}");
     assert_eq!(
@@ -238,8 +245,7 @@ fn final_failures_map_to_their_reasons() {
             &format!("127.0.0.1:{}", trunk.port),
             false,
         );
-        let call_id = dial(&server, &number);
-        let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+        let call = dial_not_connected(&server, &number);
         assert_eq!(
             call["disconnection_reason"], *reason,
             "status {status}: {call}"
@@ -260,8 +266,7 @@ fn trunk_that_never_answers_ends_as_dial_failed() {
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr: SocketAddr = silent.local_addr().unwrap();
     import(&server, "+14155550113", &addr.to_string(), false);
-    let call_id = dial(&server, "+14155550113");
-    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    let call = dial_not_connected(&server, "+14155550113");
     assert_eq!(call["disconnection_reason"], "dial_failed", "{call}");
     // The INVITE was really sent (and retransmitted by Timer A).
     let mut buf = [0u8; 4096];
@@ -370,12 +375,8 @@ fn trunk_refusing_tcp_ends_as_provider_unavailable() {
         "transport": "TCP",
         "outbound_agent_id": "echo",
     });
-    assert_eq!(
-        api(&server, "POST", "/import-phone-number", Some(body)).0,
-        201
-    );
-    let call_id = dial(&server, "+14155550115");
-    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    import_body(&server, body);
+    let call = dial_not_connected(&server, "+14155550115");
     assert_eq!(
         call["disconnection_reason"], "telephony_provider_unavailable",
         "{call}"
@@ -416,12 +417,8 @@ fn trunk_failing_tls_ends_as_provider_unavailable() {
         "transport": "TLS",
         "outbound_agent_id": "echo",
     });
-    assert_eq!(
-        api(&server, "POST", "/import-phone-number", Some(body)).0,
-        201
-    );
-    let call_id = dial(&server, "+14155550116");
-    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    import_body(&server, body);
+    let call = dial_not_connected(&server, "+14155550116");
     let _ = trunk.kill();
     let _ = trunk.wait();
     // (Timer B would have ended it as dial_failed.)
@@ -500,15 +497,13 @@ fn trunk_host_is_found_through_srv_then_a_records() {
     ]);
     let server = Server::start_env(&[("DIALTONE__SIP__DNS_SERVERS", &dns.addr.to_string())]);
     import(&server, "+14155550117", "trunk.test", false);
-    let call_id = dial(&server, "+14155550117");
-    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    let call = dial_not_connected(&server, "+14155550117");
     assert_eq!(call["disconnection_reason"], "dial_busy", "{call}");
     assert_eq!(busy.wait(), 0, "the SRV target never got the INVITE");
 
     let termination = format!("gw2.trunk.test:{}", declining.port);
     import(&server, "+14155550118", &termination, false);
-    let call_id = dial(&server, "+14155550118");
-    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    let call = dial_not_connected(&server, "+14155550118");
     assert_eq!(call["disconnection_reason"], "user_declined", "{call}");
     assert_eq!(
         declining.wait(),
@@ -518,8 +513,7 @@ fn trunk_host_is_found_through_srv_then_a_records() {
 
     // A name DNS does not know: the trunk cannot be reached.
     import(&server, "+14155550119", "nowhere.trunk.test", false);
-    let call_id = dial(&server, "+14155550119");
-    let call = wait_call(&server, &call_id, |c| c["call_status"] == "not_connected");
+    let call = dial_not_connected(&server, "+14155550119");
     assert_eq!(
         call["disconnection_reason"], "telephony_provider_unavailable",
         "{call}"
