@@ -45,6 +45,27 @@ struct RawSettings {
     shutdown: RawShutdown,
     log: RawLog,
     demo: RawDemo,
+    webhooks: RawWebhooks,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawWebhooks {
+    signing_key: String,
+    max_attempts: u32,
+    timeout_ms: u64,
+    max_pending: usize,
+}
+
+impl Default for RawWebhooks {
+    fn default() -> Self {
+        RawWebhooks {
+            signing_key: String::new(),
+            max_attempts: 3,
+            timeout_ms: 10_000,
+            max_pending: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,6 +242,35 @@ pub struct Settings {
     pub log_filter: String,
     /// Whether the built-in echo agent (`agent_id` "echo") is made available at start.
     pub demo_echo_agent: bool,
+    pub webhooks: WebhookSettings,
+}
+
+/// Delivery of call events (`call_started`, `call_ended`) to agents' `webhook_url`.
+#[derive(Clone)]
+pub struct WebhookSettings {
+    /// HMAC key of `x-retell-signature`: `webhooks.signing_key`, else the first API key (as
+    /// Retell signs with the API key); `None` when there is neither. A secret: never printed.
+    pub signing_key: Option<String>,
+    /// Tries per event, the first included.
+    pub max_attempts: u32,
+    /// Budget of one try (connect, send, read the answer).
+    pub timeout: Duration,
+    /// Events queued or being delivered at once; more are dropped and counted.
+    pub max_pending: usize,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field(
+                "signing_key",
+                &self.signing_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_attempts", &self.max_attempts)
+            .field("timeout", &self.timeout)
+            .field("max_pending", &self.max_pending)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -551,6 +601,8 @@ impl RawSettings {
             ));
         }
 
+        let webhooks = self.webhooks.validate(&keys)?;
+
         Ok(Settings {
             sip: SipSettings {
                 udp,
@@ -594,6 +646,43 @@ impl RawSettings {
             shutdown_grace: Duration::from_millis(self.shutdown.grace_period_ms),
             log_filter: self.log.filter,
             demo_echo_agent: self.demo.echo_agent,
+            webhooks,
+        })
+    }
+}
+
+impl RawWebhooks {
+    fn validate(&self, api_keys: &[String]) -> Result<WebhookSettings, ConfigError> {
+        let signing_key = match self.signing_key.trim() {
+            "" => api_keys.first().cloned(),
+            key if key.len() < 8 => {
+                return Err(invalid(
+                    "webhooks.signing_key",
+                    "must be at least 8 characters (or empty: the first api.keys)",
+                ))
+            }
+            key => Some(key.to_string()),
+        };
+        if !(1..=10).contains(&self.max_attempts) {
+            return Err(invalid("webhooks.max_attempts", "must be between 1 and 10"));
+        }
+        if !(1..=60_000).contains(&self.timeout_ms) {
+            return Err(invalid(
+                "webhooks.timeout_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_pending) {
+            return Err(invalid(
+                "webhooks.max_pending",
+                "must be between 1 and 100000",
+            ));
+        }
+        Ok(WebhookSettings {
+            signing_key,
+            max_attempts: self.max_attempts,
+            timeout: Duration::from_millis(self.timeout_ms),
+            max_pending: self.max_pending,
         })
     }
 }
@@ -684,6 +773,13 @@ mod tests {
                 "tls.cert",
             ),
             ("[api]\nkeys = [\"short\"]\n", "api.keys"),
+            (
+                "[webhooks]\nsigning_key = \"short\"\n",
+                "webhooks.signing_key",
+            ),
+            ("[webhooks]\nmax_attempts = 0\n", "webhooks.max_attempts"),
+            ("[webhooks]\ntimeout_ms = 0\n", "webhooks.timeout_ms"),
+            ("[webhooks]\nmax_pending = 0\n", "webhooks.max_pending"),
         ];
         for (text, key) in cases {
             let f = file(text);
@@ -702,6 +798,24 @@ mod tests {
         let f = file("[sip]\nmax_headers = \"many\"\n");
         let err = Settings::load_with_env(f.path(), env(&[])).unwrap_err();
         assert!(err.to_string().contains("max_headers"), "{err}");
+    }
+
+    #[test]
+    fn webhook_signing_key_defaults_to_the_first_api_key_and_is_not_printed() {
+        let f = file("[api]\nkeys = [\"first-key-123\", \"second-key-456\"]\n");
+        let s = Settings::load_with_env(f.path(), env(&[])).unwrap();
+        assert_eq!(s.webhooks.signing_key.as_deref(), Some("first-key-123"));
+        assert_eq!(s.webhooks.max_attempts, 3);
+        let s = Settings::load_with_env(
+            f.path(),
+            env(&[("DIALTONE__WEBHOOKS__SIGNING_KEY", "hook-secret-789")]),
+        )
+        .unwrap();
+        assert_eq!(s.webhooks.signing_key.as_deref(), Some("hook-secret-789"));
+        assert!(!format!("{s:?}").contains("hook-secret-789"));
+        let none = file("[api]\nkeys = []\n");
+        let s = Settings::load_with_env(none.path(), env(&[])).unwrap();
+        assert!(s.webhooks.signing_key.is_none());
     }
 
     #[test]

@@ -101,3 +101,10 @@ pub fn media_sessions(delta: f64) {
 pub fn inbound_call_rejected(cause: &'static str) {
     counter!("dialtone_inbound_calls_rejected_total", "cause" => cause).increment(1);
 }
+
+/// A call event for an agent's webhook, by `event` (`call_started`, `call_ended`) and
+/// `outcome`: `delivered` (a 2xx), `retried` (a try failed, another follows), `failed`
+/// (every try failed, or the store could not be read), `dropped` (the queue was full).
+pub fn webhook_event(event: &'static str, outcome: &'static str) {
+    counter!("dialtone_webhook_events_total", "event" => event, "outcome" => outcome).increment(1);
+}

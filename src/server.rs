@@ -20,11 +20,14 @@ use crate::metrics;
 use crate::sip::endpoint::{self, Endpoint};
 use crate::sip::transport::{Kind, Transports};
 use crate::store::{self, Store, StoreError};
+use crate::webhook::events::CallEvents;
 
 /// Depth of the queue between the transports and the endpoint.
 const INBOUND_QUEUE: usize = 8192;
 /// How often registrations whose window passed are ended.
 const REGISTRATION_SWEEP: Duration = Duration::from_secs(1);
+/// On a graceful stop, how long pending call webhooks (the last calls' `call_ended`) get.
+const WEBHOOK_DRAIN: Duration = Duration::from_secs(5);
 
 /// How the process was asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +43,8 @@ pub struct Running {
     pub transports: Transports,
     pub http_addr: Option<std::net::SocketAddr>,
     pub store: Store,
+    /// Call-event webhooks still being delivered get [`WEBHOOK_DRAIN`] at shutdown.
+    events: CallEvents,
     draining_tx: watch::Sender<bool>,
     shutdown_tx: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
@@ -165,6 +170,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         crate::sip::resolve::SystemLookup::configure(&settings.sip.dns_servers);
         tracing::info!(servers = ?settings.sip.dns_servers, "trunk hosts resolved with the configured name servers");
     }
+    let events = CallEvents::new(store.clone(), &settings.webhooks);
     let engine = Engine::new(
         endpoint.clone(),
         store.clone(),
@@ -174,6 +180,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             timers: settings.sip.timers,
             media_ip,
         },
+        events.clone(),
     );
     endpoint.set_handler(Arc::new(engine.clone()));
     tasks.spawn({
@@ -181,6 +188,10 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             store.clone(),
             REGISTRATION_SWEEP,
             shutdown_rx.clone(),
+            {
+                let events = events.clone();
+                move |call_id: &str| events.call_ended(call_id)
+            },
         );
         async move {
             if let Err(err) = sweeper.await {
@@ -200,6 +211,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             calls: Arc::new(engine.clone()),
             public_host: sip_uri_host(settings, &transports),
             registered_call_timeout: settings.calls.registered_call_timeout,
+            events: events.clone(),
         };
         let state = http::AppState::new(&settings.api.keys, prometheus, draining_rx, services);
         let shutdown = shutdown_rx.clone();
@@ -227,6 +239,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         transports,
         http_addr,
         store,
+        events,
         draining_tx,
         shutdown_tx,
         tasks,
@@ -262,6 +275,10 @@ impl Running {
                     "grace period over; stopping with transactions in flight"
                 ),
             }
+        }
+        if how == Stop::Graceful {
+            // Deliveries read the store, so they go before it closes.
+            self.events.drain(WEBHOOK_DRAIN).await;
         }
         let _ = self.shutdown_tx.send(true);
         // Tasks see the shutdown signal and end; give them a moment, then cut them off.

@@ -1,5 +1,6 @@
-//! Outgoing webhooks: a small HTTP/1.1 client for JSON POSTs (http and https), and the
-//! inbound-call webhook of imported numbers (API.md, "Inbound webhook").
+//! Outgoing webhooks: a small HTTP/1.1 client for JSON POSTs (http and https), the
+//! inbound-call webhook of imported numbers (API.md, "Inbound webhook"), Retell's
+//! `x-retell-signature`, and (in [`events`]) the agents' call-event webhooks.
 //!
 //! One request per connection (`Connection: close`), bounded in time and size, so a slow
 //! or hostile webhook server can delay a call set-up by at most the timeout and never
@@ -13,6 +14,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
+
+pub mod events;
 
 /// Largest response body read.
 const MAX_RESPONSE: usize = 1 << 20;
@@ -33,6 +36,8 @@ pub enum WebhookError {
     Response(&'static str),
     #[error("HTTP status {0}")]
     Status(u16),
+    #[error("a header name or value holds a line break")]
+    Header,
 }
 
 struct Url {
@@ -84,19 +89,63 @@ fn parse_url(url: &str) -> Result<Url, WebhookError> {
     })
 }
 
+/// The header Retell's SDK checks (`Retell.verify`).
+pub const SIGNATURE_HEADER: &str = "x-retell-signature";
+
+/// `v=<unix ms>,d=<hex HMAC-SHA256(key, body + unix ms in decimal)>`: what the official
+/// SDK's `Retell.verify(body, api_key, signature)` accepts (it also wants the time within
+/// five minutes of its clock, so every try is signed afresh).
+pub fn signature(key: &str, body: &str, unix_ms: u64) -> String {
+    use hmac::{Hmac, Mac};
+    // An HMAC key may have any length, so this cannot fail.
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key.as_bytes())
+        .expect("HMAC takes keys of any length");
+    let stamp = unix_ms.to_string();
+    mac.update(body.as_bytes());
+    mac.update(stamp.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    format!("v={stamp},d={hex}")
+}
+
 /// POSTs `body` as JSON to `url` and returns the status and the response body.
 pub async fn post_json(
     url: &str,
     body: &Value,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), WebhookError> {
+    post_raw(url, body.to_string(), &[], timeout).await
+}
+
+/// POSTs an already serialised JSON `body` (signatures cover its exact bytes) with extra
+/// `headers`, bounded by `timeout`.
+pub async fn post_raw(
+    url: &str,
+    body: String,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), WebhookError> {
     let url = parse_url(url)?;
-    tokio::time::timeout(timeout, exchange(&url, body.to_string()))
+    let mut extra = String::new();
+    for (name, value) in headers {
+        // A header split across lines would let a value inject more of them.
+        if [name, value]
+            .iter()
+            .any(|s| s.bytes().any(|b| b == b'\r' || b == b'\n'))
+        {
+            return Err(WebhookError::Header);
+        }
+        extra.push_str(&format!("{name}: {value}\r\n"));
+    }
+    tokio::time::timeout(timeout, exchange(&url, &extra, body))
         .await
         .map_err(|_| WebhookError::Timeout(timeout))?
 }
 
-async fn exchange(url: &Url, body: String) -> Result<(u16, Vec<u8>), WebhookError> {
+async fn exchange(url: &Url, extra: &str, body: String) -> Result<(u16, Vec<u8>), WebhookError> {
     let connect_err = |reason: String| WebhookError::Connect {
         host: url.host.clone(),
         reason,
@@ -111,7 +160,7 @@ async fn exchange(url: &Url, body: String) -> Result<(u16, Vec<u8>), WebhookErro
     };
     let request = format!(
         "POST {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: {}\r\nContent-Type: application/json\r\n\
-         Accept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         Accept: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         url.path,
         crate::sip::endpoint::PRODUCT,
         body.len()
@@ -285,6 +334,43 @@ mod tests {
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn signature_matches_the_sdk_algorithm() {
+        // Fixed vector, computed with Python's hmac, and equal to the SDK's own
+        // `retell.lib.webhook_auth.symmetric["sign"](body, key, 1700000000000)`:
+        //   hmac.new(b"test-key-12345678", b'{"event":"call_started"}' + b"1700000000000",
+        //            hashlib.sha256).hexdigest()
+        assert_eq!(
+            signature(
+                "test-key-12345678",
+                r#"{"event":"call_started"}"#,
+                1_700_000_000_000
+            ),
+            "v=1700000000000,d=b56168e0730d3d506de077df182b62a9e8da11975194d439459d53499ea580cd"
+        );
+        let sig = signature("k", "", 1);
+        let (v, d) = sig.split_once(',').unwrap();
+        assert_eq!(v, "v=1");
+        let d = d.strip_prefix("d=").unwrap();
+        assert_eq!(d.len(), 64);
+        assert!(d
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    }
+
+    #[tokio::test]
+    async fn header_values_with_line_breaks_are_refused() {
+        let err = post_raw(
+            "http://127.0.0.1:9/",
+            "{}".into(),
+            &[("x-a", "b\r\nx-evil: 1")],
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, WebhookError::Header), "{err}");
     }
 
     #[test]

@@ -72,6 +72,7 @@ async fn the_trunk_password_never_reaches_the_log() {
         calls: Arc::new(dialtone::call::NoLiveCalls),
         public_host: "sip.example.net".to_owned(),
         registered_call_timeout: std::time::Duration::from_secs(300),
+        events: dialtone::webhook::events::CallEvents::disabled(),
     };
     let handle = PrometheusBuilder::new().build_recorder().handle();
     let state = AppState::new(&[KEY.to_owned()], handle, rx, services);

@@ -29,6 +29,7 @@ use crate::sip::message::{self, Method, Request, Response};
 use crate::sip::sdp::{self, LocalMedia, Negotiated, Sdp};
 use crate::sip::transport::{Inbound, Kind};
 use crate::store::{Claim, Store};
+use crate::webhook::events::CallEvents;
 
 mod outbound;
 
@@ -65,6 +66,8 @@ struct Inner {
     store: Store,
     ports: PortPool,
     settings: EngineSettings,
+    /// `call_started` and `call_ended` for the agents' webhooks.
+    events: CallEvents,
     /// Live calls by dialog, for in-dialog requests and ACKs.
     dialogs: Mutex<HashMap<DialogKey, mpsc::Sender<CallInput>>>,
     /// Live calls by call_id, for the API.
@@ -95,6 +98,7 @@ impl Engine {
         store: Store,
         ports: PortPool,
         settings: EngineSettings,
+        events: CallEvents,
     ) -> Engine {
         Engine {
             inner: Arc::new(Inner {
@@ -102,6 +106,7 @@ impl Engine {
                 store,
                 ports,
                 settings,
+                events,
                 dialogs: Mutex::new(HashMap::new()),
                 live: Mutex::new(HashMap::new()),
             }),
@@ -518,7 +523,12 @@ impl Engine {
             .finish_call(call_id, reason, now_ms(), sip_status)
             .await
         {
-            Ok(_) => info!(call_id, reason = reason.as_str(), "call ended"),
+            Ok(ended) => {
+                info!(call_id, reason = reason.as_str(), "call ended");
+                if ended {
+                    self.inner.events.call_ended(call_id);
+                }
+            }
             Err(err) => {
                 warn!(%err, call_id, reason = reason.as_str(), "could not record the end of a call")
             }
@@ -663,7 +673,7 @@ impl CallSetup {
             )
             .await
         {
-            Ok(true) => {}
+            Ok(true) => engine.inner.events.call_started(&self.live.call.call_id),
             // Stopped or ended through the API while it was being set up.
             Ok(false) => {
                 let _ = link.to_agent.try_send(crate::agent::ToAgent::Stop);

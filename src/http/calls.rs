@@ -469,6 +469,7 @@ pub async fn stop(
             .await?
     {
         tracing::info!(call_id = %call_id, "registered call stopped before it was answered");
+        state.events.call_ended(&call_id);
         return Ok(StatusCode::NO_CONTENT);
     }
     // Ongoing, or it moved on while we looked: answered just now (ask the engine once
@@ -629,7 +630,7 @@ pub async fn create_phone_call(
     };
     state.store().insert_call(&call).await?;
     if !state.calls.dial(call.clone(), number) {
-        state
+        let ended = state
             .store()
             .finish_call(
                 &call.call_id,
@@ -638,6 +639,9 @@ pub async fn create_phone_call(
                 None,
             )
             .await?;
+        if ended {
+            state.events.call_ended(&call.call_id);
+        }
         return Err(ApiError::internal(
             "no call engine is running to dial the call",
         ));

@@ -35,6 +35,7 @@ pub use error::{ApiError, ApiJson};
 use crate::call::CallControl;
 use crate::metrics::PrometheusHandle;
 use crate::store::Store;
+use crate::webhook::events::CallEvents;
 
 /// What the API handlers work with besides keys and metrics.
 #[derive(Clone)]
@@ -47,6 +48,8 @@ pub struct ApiServices {
     pub public_host: String,
     /// How long a registered call may wait to be dialled (`calls.registered_call_timeout`).
     pub registered_call_timeout: Duration,
+    /// `call_ended` for calls the API ends itself (stopped before anyone dialled them).
+    pub events: CallEvents,
 }
 
 /// What every handler can reach. Cheap to clone (everything is shared).
@@ -62,6 +65,7 @@ pub struct AppState {
     calls: Arc<dyn CallControl>,
     public_host: Arc<str>,
     registered_call_timeout: Duration,
+    events: CallEvents,
 }
 
 impl AppState {
@@ -82,6 +86,7 @@ impl AppState {
             calls: services.calls,
             public_host: services.public_host.into(),
             registered_call_timeout: services.registered_call_timeout,
+            events: services.events,
         }
     }
 

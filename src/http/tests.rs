@@ -27,6 +27,7 @@ pub(crate) async fn services() -> ApiServices {
         calls: Arc::new(crate::call::NoLiveCalls),
         public_host: "sip.example.net".to_owned(),
         registered_call_timeout: std::time::Duration::from_secs(300),
+        events: crate::webhook::events::CallEvents::disabled(),
     }
 }
 

@@ -8,13 +8,15 @@ use tokio::task::JoinHandle;
 use super::{now_ms, Store};
 
 /// Every `period`, ends registered calls whose window has passed
-/// ([`Store::expire_registrations`]), until `shutdown` turns true or its sender is dropped.
+/// ([`Store::expire_registrations`]) and tells `on_expired` each id (for the `call_ended`
+/// webhook), until `shutdown` turns true or its sender is dropped.
 /// With several nodes on one database every node sweeps; the conditional update makes
 /// that harmless. A failed sweep is logged and retried on the next tick.
 pub fn spawn_registration_sweeper(
     store: Store,
     period: Duration,
     mut shutdown: watch::Receiver<bool>,
+    on_expired: impl Fn(&str) + Send + 'static,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period.max(Duration::from_millis(10)));
@@ -28,6 +30,7 @@ pub fn spawn_registration_sweeper(
                 Ok(ended) => {
                     for call_id in ended {
                         tracing::info!(%call_id, "registered call was not dialled in time");
+                        on_expired(&call_id);
                     }
                 }
                 Err(err) => tracing::warn!(%err, "registration sweep failed"),

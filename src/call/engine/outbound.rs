@@ -389,7 +389,7 @@ impl Engine {
             .request
             .call_id()
             .map(|c| serde_json::json!({ "sip_call_id": c }));
-        if let Err(err) = self
+        match self
             .inner
             .store
             .mark_ongoing(
@@ -401,7 +401,9 @@ impl Engine {
             )
             .await
         {
-            warn!(%err, "could not record the answer");
+            Ok(true) => self.inner.events.call_started(&live.call.call_id),
+            Ok(false) => {}
+            Err(err) => warn!(%err, "could not record the answer"),
         }
         let max_duration = Duration::from_millis(leg.agent.max_call_duration_ms.max(1000) as u64)
             .min(self.inner.settings.calls.max_call_duration);
