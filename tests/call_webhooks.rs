@@ -1,0 +1,441 @@
+//! Call webhooks end to end (API.md, "Webhooks"): the real binary, an agent whose
+//! `webhook_url` points at a small recording HTTP server in the test, and real calls.
+//!
+//! - SIPp dials a registered call, the tone plays, SIPp hangs up: exactly one
+//!   `call_started` then one `call_ended`, carrying the call object of `GET /v2/get-call`,
+//!   each signature accepted by the official Python SDK's `Retell.verify` (and a tampered
+//!   body refused).
+//! - The webhook server answers 500 twice: `call_started` arrives on the third try and the
+//!   call goes on unaffected.
+//! - An outbound call the trunk (SIPp) refuses with 486: `call_ended` only.
+
+mod common_call;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common_call::agent::{Mode, TestAgent};
+use common_call::{sipp, Dialtone};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const SIGNING_KEY: &str = "whsec-e2e-0123456789";
+
+/// One request the webhook server received: the raw body and the headers.
+#[derive(Debug, Clone)]
+struct Hooked {
+    head: String,
+    body: String,
+}
+
+impl Hooked {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.split("\r\n").skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn event(&self) -> String {
+        self.json()["event"].as_str().unwrap_or("").to_owned()
+    }
+}
+
+/// A webhook receiver that answers its n-th request with `statuses[n]` (then the last one).
+struct Hook {
+    url: String,
+    seen: Arc<Mutex<Vec<Hooked>>>,
+}
+
+impl Hook {
+    async fn start(statuses: Vec<u16>) -> Hook {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/retell-webhook", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((mut s, _)) = listener.accept().await {
+                let status = statuses[n.min(statuses.len() - 1)];
+                n += 1;
+                let Some((head, body)) = read_request(&mut s).await else {
+                    continue;
+                };
+                // Recorded before answering: the order seen is the order sent.
+                record.lock().unwrap().push(Hooked { head, body });
+                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        Hook { url, seen }
+    }
+
+    /// Waits (bounded) until `n` requests came in; returns all of them.
+    async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Hooked> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let seen = self.seen.lock().unwrap().clone();
+            if seen.len() >= n || Instant::now() > deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Head and body of one HTTP/1.1 request with Content-Length; `None` if it is cut short.
+async fn read_request(s: &mut tokio::net::TcpStream) -> Option<(String, String)> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let read = async {
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+                let length: usize = head
+                    .split("\r\n")
+                    .find_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                if raw.len() >= end + 4 + length {
+                    let body = String::from_utf8(raw[end + 4..end + 4 + length].to_vec()).ok()?;
+                    return Some((head, body));
+                }
+            }
+            let k = s.read(&mut buf).await.ok()?;
+            if k == 0 {
+                return None;
+            }
+            raw.extend_from_slice(&buf[..k]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// What the official SDK's `Retell(api_key=key).verify(body, api_key=key, signature=sig)`
+/// says of the body as received, of a tampered copy, and of the body with another key.
+/// One Python run for the three (importing the SDK takes seconds).
+fn sdk_verify(dir: &std::path::Path, body: &str, key: &str, signature: &str) -> [bool; 3] {
+    let path = dir.join(format!("body-{}.json", common_call::unique("")));
+    std::fs::write(&path, body.as_bytes()).unwrap();
+    let script = "import sys\n\
+                  from retell import Retell\n\
+                  body = open(sys.argv[1], 'rb').read().decode('utf-8')\n\
+                  key, sig = sys.argv[2], sys.argv[3]\n\
+                  client = Retell(api_key=key)\n\
+                  tampered = body.replace('\"call\"', '\"call\" ', 1)\n\
+                  assert tampered != body\n\
+                  print(client.verify(body, api_key=key, signature=sig),\n\
+                        client.verify(tampered, api_key=key, signature=sig),\n\
+                        client.verify(body, api_key='another-key-123', signature=sig))\n";
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .arg(key)
+        .arg(signature)
+        .output()
+        .expect("python3 with retell-sdk (pip install -r tests/sdk/requirements.txt)");
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success(),
+        "the SDK check failed to run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said: Vec<bool> = stdout
+        .split_whitespace()
+        .map(|w| match w {
+            "True" => true,
+            "False" => false,
+            other => panic!("Retell.verify printed {other:?}"),
+        })
+        .collect();
+    said.try_into()
+        .unwrap_or_else(|_| panic!("expected three answers: {stdout:?}"))
+}
+
+/// Points the agent's `webhook_url` at `url`.
+async fn set_webhook(server: &Dialtone, agent_id: &str, url: &str) {
+    let (status, agent) = server
+        .api(
+            "PATCH",
+            &format!("/update-agent/{agent_id}"),
+            Some(json!({ "webhook_url": url })),
+        )
+        .await;
+    assert_eq!(status, 200, "{agent}");
+    assert_eq!(agent["webhook_url"], url, "{agent}");
+}
+
+/// SIPp dials the registered call, plays the 5 s tone and hangs up.
+async fn sipp_call(server: &Dialtone, call_id: &str) {
+    let run = sipp::run_uac(sipp::Uac {
+        scenario: "uac_pcap_pcmu.xml",
+        target: server.sip,
+        service: call_id,
+        dir: server.dir.path(),
+        media_port: common_call::free_port_block(4),
+        timeout: Duration::from_secs(30),
+        extra: vec![],
+    })
+    .await;
+    assert!(run.ok(), "the SIPp call failed:\n{}", run.describe());
+}
+
+/// The series of `dialtone_webhook_events_total` for one event and outcome.
+fn metric(text: &str, event: &str, outcome: &str) -> u64 {
+    let prefix =
+        format!("dialtone_webhook_events_total{{event=\"{event}\",outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0))
+}
+
+/// Asserts the signature is the SDK's format with a fresh timestamp, and that the SDK
+/// accepts it for this body and key and refuses a tampered body and another key.
+fn assert_signed(server: &Dialtone, hooked: &Hooked, key: &str) {
+    let sig = hooked
+        .header("x-retell-signature")
+        .unwrap_or_else(|| panic!("no x-retell-signature in\n{}", hooked.head));
+    let (stamp, digest) = sig
+        .strip_prefix("v=")
+        .and_then(|r| r.split_once(",d="))
+        .unwrap_or_else(|| panic!("signature {sig} is not v=<ms>,d=<hex>"));
+    let stamp: i64 = stamp.parse().expect("v= is unix ms");
+    assert!((common_call::now_ms() - stamp).abs() < 60_000, "{sig}");
+    assert_eq!(digest.len(), 64, "{sig}");
+    let [valid, tampered, other_key] = sdk_verify(server.dir.path(), &hooked.body, key, &sig);
+    assert!(valid, "Retell.verify refused {sig} for {}", hooked.body);
+    assert!(!tampered, "Retell.verify accepted a tampered body");
+    assert!(!other_key, "Retell.verify accepted another key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_call_sends_call_started_then_call_ended_signed() {
+    let hook = Hook::start(vec![200]).await;
+    let server = Dialtone::start_with(&[("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY)]).await;
+    let agent = TestAgent::start(Mode::Echo).await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    set_webhook(&server, &agent_id, &hook.url).await;
+    let call_id = server.register_call(&agent_id).await["call_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let t0 = common_call::now_ms();
+    sipp_call(&server, &call_id).await;
+    let call = server
+        .wait_call_final(&call_id, Duration::from_secs(10))
+        .await;
+    common_call::assert_ended_by_caller(&call, t0);
+
+    let seen = hook.wait_for(2, Duration::from_secs(10)).await;
+    // Anything more (a duplicate) would come right after.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen_all = hook.seen.lock().unwrap().clone();
+    assert_eq!(seen_all.len(), 2, "exactly two events: {seen_all:#?}");
+    let events: Vec<String> = seen.iter().map(Hooked::event).collect();
+    assert_eq!(events, ["call_started", "call_ended"]);
+
+    let started = seen[0].json();
+    assert!(seen[0].head.starts_with("POST /retell-webhook HTTP/1.1"));
+    assert_eq!(
+        seen[0].header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(started["call"]["call_id"], call_id.as_str(), "{started}");
+    assert_eq!(started["call"]["call_status"], "ongoing", "{started}");
+    assert_eq!(started["call"]["agent_id"], agent_id.as_str(), "{started}");
+    assert!(started["call"]["start_timestamp"].as_i64().is_some());
+    assert!(started["call"]["end_timestamp"].is_null(), "{started}");
+
+    // call_ended carries the final call object, exactly as GET /v2/get-call returns it.
+    let ended = seen[1].json();
+    assert_eq!(ended["call"], call, "call_ended's call is get-call's");
+    assert_eq!(ended["call"]["disconnection_reason"], "user_hangup");
+    common_call::assert_ended_by_caller(&ended["call"], t0);
+
+    for hooked in &seen {
+        assert_signed(&server, hooked, SIGNING_KEY);
+    }
+    let text = server.metrics().await;
+    assert_eq!(metric(&text, "call_started", "delivered"), 1, "{text}");
+    assert_eq!(metric(&text, "call_ended", "delivered"), 1, "{text}");
+    assert!(
+        !server.log().contains(SIGNING_KEY),
+        "the signing key must never be logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_webhook_is_retried_and_the_call_goes_on() {
+    // 500, 500, then 200: call_started lands on its third try (after 1 s + 2 s of
+    // backoff, while the call runs); call_ended after it.
+    let hook = Hook::start(vec![500, 500, 200]).await;
+    // No signing key configured: the first API key signs, as with Retell.
+    let server = Dialtone::start().await;
+    let agent = TestAgent::start(Mode::Echo).await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    set_webhook(&server, &agent_id, &hook.url).await;
+    let call_id = server.register_call(&agent_id).await["call_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let t0 = common_call::now_ms();
+    sipp_call(&server, &call_id).await;
+    let call = server
+        .wait_call_final(&call_id, Duration::from_secs(10))
+        .await;
+    common_call::assert_ended_by_caller(&call, t0);
+
+    let seen = hook.wait_for(4, Duration::from_secs(15)).await;
+    let events: Vec<String> = seen.iter().map(Hooked::event).collect();
+    assert_eq!(
+        events,
+        ["call_started", "call_started", "call_started", "call_ended"]
+    );
+    // The same event each time, signed afresh.
+    assert_eq!(seen[0].body, seen[2].body);
+    assert_signed(&server, &seen[2], common_call::API_KEY);
+    assert_signed(&server, &seen[3], common_call::API_KEY);
+    let text = server.metrics().await;
+    assert_eq!(metric(&text, "call_started", "retried"), 2, "{text}");
+    assert_eq!(metric(&text, "call_started", "delivered"), 1, "{text}");
+    assert_eq!(metric(&text, "call_ended", "delivered"), 1, "{text}");
+    assert_eq!(metric(&text, "call_started", "failed"), 0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_call_refused_by_the_trunk_sends_call_ended_only() {
+    common_call::require_tool("sipp");
+    let hook = Hook::start(vec![200]).await;
+    let server = Dialtone::start_with(&[("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY)]).await;
+    let agent = TestAgent::start(Mode::Echo).await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    set_webhook(&server, &agent_id, &hook.url).await;
+
+    // SIPp as the trunk: 100, then 486 Busy Here, then it takes the ACK.
+    let scenario =
+        std::fs::read_to_string(format!("{}/tests/sipp/trunk_reject.xml", common_call::REPO))
+            .unwrap()
+            .replace("[status]", "486");
+    let path = server.dir.path().join("trunk_reject_486.xml");
+    std::fs::write(&path, scenario).unwrap();
+    let port = common_call::free_udp_port();
+    let mut trunk = tokio::process::Command::new("sipp")
+        .arg("-sf")
+        .arg(&path)
+        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"])
+        .args(["-mp", &common_call::free_port_block(4).to_string()])
+        .args(["-nostdin", "-timeout", "30"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("sipp");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (status, number) = server
+        .api(
+            "POST",
+            "/import-phone-number",
+            Some(json!({
+                "phone_number": "+14155550177",
+                "termination_uri": format!("127.0.0.1:{port}"),
+                "transport": "UDP",
+                "outbound_agent_id": agent_id,
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{number}");
+    let (status, created) = server
+        .api(
+            "POST",
+            "/v2/create-phone-call",
+            Some(json!({"from_number": "+14155550177", "to_number": "+14155550199"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let call_id = created["call_id"].as_str().unwrap().to_owned();
+    let call = server
+        .wait_call_final(&call_id, Duration::from_secs(15))
+        .await;
+    assert_eq!(call["call_status"], "not_connected", "{call}");
+    assert_eq!(call["disconnection_reason"], "dial_busy", "{call}");
+    let exit = tokio::time::timeout(Duration::from_secs(15), trunk.wait()).await;
+    assert!(
+        matches!(exit, Ok(Ok(s)) if s.success()),
+        "the trunk scenario did not complete: {exit:?}"
+    );
+
+    let seen = hook.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen_all = hook.seen.lock().unwrap().clone();
+    assert_eq!(seen_all.len(), 1, "call_ended only: {seen_all:#?}");
+    assert_eq!(seen[0].event(), "call_ended");
+    assert_eq!(
+        seen[0].json()["call"],
+        call,
+        "call_ended's call is get-call's"
+    );
+    assert_signed(&server, &seen[0], SIGNING_KEY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_nobody_dialled_send_call_ended_when_stopped_or_expired() {
+    let hook = Hook::start(vec![200]).await;
+    let server = Dialtone::start_with(&[
+        ("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY),
+        ("DIALTONE__CALLS__REGISTERED_CALL_TIMEOUT_MS", "1500"),
+    ])
+    .await;
+    let agent = TestAgent::start(Mode::Echo).await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    set_webhook(&server, &agent_id, &hook.url).await;
+
+    // Stopped through the API before anyone dialled it.
+    let stopped = server.register_call(&agent_id).await["call_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = server
+        .api("POST", &format!("/v2/stop-call/{stopped}"), None)
+        .await;
+    assert_eq!(status, 204);
+    // Left to expire: the sweeper ends it.
+    let expired = server.register_call(&agent_id).await["call_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let seen = hook.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    let by_id = |id: &str| {
+        seen.iter()
+            .find(|h| h.json()["call"]["call_id"] == id)
+            .unwrap_or_else(|| panic!("no event for {id}: {seen:#?}"))
+            .clone()
+    };
+    for (id, reason) in [
+        (&stopped, "manual_stopped"),
+        (&expired, "registered_call_timeout"),
+    ] {
+        let hooked = by_id(id);
+        assert_eq!(hooked.event(), "call_ended");
+        assert_eq!(hooked.json()["call"]["disconnection_reason"], reason);
+        assert_eq!(hooked.json()["call"], server.get_call(id).await);
+        assert_signed(&server, &hooked, SIGNING_KEY);
+    }
+}
