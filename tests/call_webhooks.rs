@@ -8,6 +8,9 @@
 //! - The webhook server answers 500 twice: `call_started` arrives on the third try and the
 //!   call goes on unaffected.
 //! - An outbound call the trunk (SIPp) refuses with 486: `call_ended` only.
+//! - Calls stopped or expired before anyone dialled them: `call_ended`.
+//! - SIGTERM while a `call_ended` waits for its retry: the retry still goes out, then the
+//!   process exits.
 
 mod common_call;
 
@@ -438,4 +441,39 @@ async fn calls_nobody_dialled_send_call_ended_when_stopped_or_expired() {
         assert_eq!(hooked.json()["call"], server.get_call(id).await);
         assert_signed(&server, &hooked, SIGNING_KEY);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_pending_webhooks_time_to_finish() {
+    // The first try fails; the retry (1 s later) must still go out after SIGTERM.
+    let hook = Hook::start(vec![500, 200]).await;
+    let mut server =
+        Dialtone::start_with(&[("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY)]).await;
+    let agent = TestAgent::start(Mode::Echo).await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    set_webhook(&server, &agent_id, &hook.url).await;
+    let call_id = server.register_call(&agent_id).await["call_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = server
+        .api("POST", &format!("/v2/stop-call/{call_id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(hook.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let seen = hook.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(seen.len(), 2, "the retry after SIGTERM: {seen:#?}");
+    assert_eq!(seen[1].event(), "call_ended");
+    assert_eq!(seen[1].json()["call"]["call_id"], call_id.as_str());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.is_running() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!server.is_running(), "SIGTERM must still end the process");
 }

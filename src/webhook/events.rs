@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::{oneshot, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::config::WebhookSettings;
 use crate::store::Store;
@@ -46,7 +46,7 @@ impl Event {
 }
 
 /// Sends call events; cheap to clone. [`CallEvents::disabled`] sends nothing.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct CallEvents {
     inner: Option<Arc<Inner>>,
 }
@@ -191,20 +191,21 @@ impl Inner {
     async fn deliver(&self, event: Event, call_id: &str, after: Option<oneshot::Receiver<()>>) {
         let name = event.as_str();
         // Read before any wait, so the payload is the record as the event found it.
+        let unavailable = |err: crate::store::StoreError| {
+            crate::metrics::webhook_event(name, "failed");
+            warn!(%err, call_id, event = name, "store unavailable; webhook not sent");
+        };
         let call = match self.store.get_call(call_id).await {
             Ok(Some(call)) => call,
-            Ok(None) => return debug!(call_id, event = name, "call gone; no webhook"),
-            Err(err) => {
-                crate::metrics::webhook_event(name, "failed");
-                return warn!(%err, call_id, event = name, "store unavailable; webhook not sent");
+            Ok(None) => {
+                debug!(call_id, event = name, "call record gone; no webhook");
+                return;
             }
+            Err(err) => return unavailable(err),
         };
         let url = match self.store.get_agent(&call.agent_id).await {
             Ok(agent) => agent.and_then(|a| a.webhook_url),
-            Err(err) => {
-                crate::metrics::webhook_event(name, "failed");
-                return warn!(%err, call_id, event = name, "store unavailable; webhook not sent");
-            }
+            Err(err) => return unavailable(err),
         };
         let Some(url) = url else {
             return;
@@ -238,7 +239,8 @@ impl Inner {
             match result {
                 Ok((status, _)) if (200..300).contains(&status) => {
                     crate::metrics::webhook_event(name, "delivered");
-                    return debug!(call_id, event = name, attempt, "call webhook delivered");
+                    debug!(call_id, event = name, attempt, "call webhook delivered");
+                    return;
                 }
                 Ok((status, _)) => {
                     warn!(
@@ -258,7 +260,7 @@ impl Inner {
             }
         }
         crate::metrics::webhook_event(name, "failed");
-        info!(
+        warn!(
             call_id,
             event = name,
             attempts = self.max_attempts,
