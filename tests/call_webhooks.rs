@@ -170,32 +170,78 @@ fn sdk_verify(dir: &std::path::Path, body: &str, key: &str, signature: &str) -> 
         .unwrap_or_else(|_| panic!("expected three answers: {stdout:?}"))
 }
 
-/// Points the agent's `webhook_url` at `url`.
-async fn set_webhook(server: &Dialtone, agent_id: &str, url: &str) {
-    let (status, agent) = server
+/// The server, a webhook receiver answering `statuses`, and an echo agent whose
+/// `webhook_url` points at it.
+struct Setup {
+    hook: Hook,
+    server: Dialtone,
+    agent_id: String,
+    _agent: TestAgent,
+}
+
+async fn setup(statuses: Vec<u16>, env: &[(&str, &str)]) -> Setup {
+    let hook = Hook::start(statuses).await;
+    let server = Dialtone::start_with(env).await;
+    let agent = TestAgent::start(Mode::Echo).await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    let (status, body) = server
         .api(
             "PATCH",
             &format!("/update-agent/{agent_id}"),
-            Some(json!({ "webhook_url": url })),
+            Some(json!({ "webhook_url": hook.url })),
         )
         .await;
-    assert_eq!(status, 200, "{agent}");
-    assert_eq!(agent["webhook_url"], url, "{agent}");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["webhook_url"], hook.url.as_str(), "{body}");
+    Setup {
+        hook,
+        server,
+        agent_id,
+        _agent: agent,
+    }
 }
 
-/// SIPp dials the registered call, plays the 5 s tone and hangs up.
-async fn sipp_call(server: &Dialtone, call_id: &str) {
-    let run = sipp::run_uac(sipp::Uac {
-        scenario: "uac_pcap_pcmu.xml",
-        target: server.sip,
-        service: call_id,
-        dir: server.dir.path(),
-        media_port: common_call::free_port_block(4),
-        timeout: Duration::from_secs(30),
-        extra: vec![],
-    })
-    .await;
-    assert!(run.ok(), "the SIPp call failed:\n{}", run.describe());
+impl Setup {
+    /// Registers a call for the agent; returns its id.
+    async fn register(&self) -> String {
+        self.server.register_call(&self.agent_id).await["call_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Stops a call through the API (204).
+    async fn stop(&self, call_id: &str) {
+        let (status, body) = self
+            .server
+            .api("POST", &format!("/v2/stop-call/{call_id}"), None)
+            .await;
+        assert_eq!(status, 204, "{body}");
+    }
+
+    /// Registers a call, SIPp dials it, plays the 5 s tone and hangs up; returns the final
+    /// call object (checked as ended by the caller).
+    async fn answered_call(&self) -> Value {
+        let call_id = self.register().await;
+        let t0 = common_call::now_ms();
+        let run = sipp::run_uac(sipp::Uac {
+            scenario: "uac_pcap_pcmu.xml",
+            target: self.server.sip,
+            service: &call_id,
+            dir: self.server.dir.path(),
+            media_port: common_call::free_port_block(4),
+            timeout: Duration::from_secs(30),
+            extra: vec![],
+        })
+        .await;
+        assert!(run.ok(), "the SIPp call failed:\n{}", run.describe());
+        let call = self
+            .server
+            .wait_call_final(&call_id, Duration::from_secs(10))
+            .await;
+        common_call::assert_ended_by_caller(&call, t0);
+        call
+    }
 }
 
 /// The series of `dialtone_webhook_events_total` for one event and outcome.
@@ -228,21 +274,15 @@ fn assert_signed(server: &Dialtone, hooked: &Hooked, key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answered_call_sends_call_started_then_call_ended_signed() {
-    let hook = Hook::start(vec![200]).await;
-    let server = Dialtone::start_with(&[("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY)]).await;
-    let agent = TestAgent::start(Mode::Echo).await;
-    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
-    set_webhook(&server, &agent_id, &hook.url).await;
-    let call_id = server.register_call(&agent_id).await["call_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let t = setup(
+        vec![200],
+        &[("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY)],
+    )
+    .await;
+    let (hook, server) = (&t.hook, &t.server);
     let t0 = common_call::now_ms();
-    sipp_call(&server, &call_id).await;
-    let call = server
-        .wait_call_final(&call_id, Duration::from_secs(10))
-        .await;
-    common_call::assert_ended_by_caller(&call, t0);
+    let call = t.answered_call().await;
+    let call_id = call["call_id"].as_str().unwrap().to_owned();
 
     let seen = hook.wait_for(2, Duration::from_secs(10)).await;
     // Anything more (a duplicate) would come right after.
@@ -260,7 +300,11 @@ async fn answered_call_sends_call_started_then_call_ended_signed() {
     );
     assert_eq!(started["call"]["call_id"], call_id.as_str(), "{started}");
     assert_eq!(started["call"]["call_status"], "ongoing", "{started}");
-    assert_eq!(started["call"]["agent_id"], agent_id.as_str(), "{started}");
+    assert_eq!(
+        started["call"]["agent_id"],
+        t.agent_id.as_str(),
+        "{started}"
+    );
     assert!(started["call"]["start_timestamp"].as_i64().is_some());
     assert!(started["call"]["end_timestamp"].is_null(), "{started}");
 
@@ -271,7 +315,7 @@ async fn answered_call_sends_call_started_then_call_ended_signed() {
     common_call::assert_ended_by_caller(&ended["call"], t0);
 
     for hooked in &seen {
-        assert_signed(&server, hooked, SIGNING_KEY);
+        assert_signed(server, hooked, SIGNING_KEY);
     }
     let text = server.metrics().await;
     assert_eq!(metric(&text, "call_started", "delivered"), 1, "{text}");
@@ -286,22 +330,10 @@ async fn answered_call_sends_call_started_then_call_ended_signed() {
 async fn failing_webhook_is_retried_and_the_call_goes_on() {
     // 500, 500, then 200: call_started lands on its third try (after 1 s + 2 s of
     // backoff, while the call runs); call_ended after it.
-    let hook = Hook::start(vec![500, 500, 200]).await;
     // No signing key configured: the first API key signs, as with Retell.
-    let server = Dialtone::start().await;
-    let agent = TestAgent::start(Mode::Echo).await;
-    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
-    set_webhook(&server, &agent_id, &hook.url).await;
-    let call_id = server.register_call(&agent_id).await["call_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let t0 = common_call::now_ms();
-    sipp_call(&server, &call_id).await;
-    let call = server
-        .wait_call_final(&call_id, Duration::from_secs(10))
-        .await;
-    common_call::assert_ended_by_caller(&call, t0);
+    let t = setup(vec![500, 500, 200], &[]).await;
+    let (hook, server) = (&t.hook, &t.server);
+    t.answered_call().await;
 
     let seen = hook.wait_for(4, Duration::from_secs(15)).await;
     let events: Vec<String> = seen.iter().map(Hooked::event).collect();
@@ -311,8 +343,8 @@ async fn failing_webhook_is_retried_and_the_call_goes_on() {
     );
     // The same event each time, signed afresh.
     assert_eq!(seen[0].body, seen[2].body);
-    assert_signed(&server, &seen[2], common_call::API_KEY);
-    assert_signed(&server, &seen[3], common_call::API_KEY);
+    assert_signed(server, &seen[2], common_call::API_KEY);
+    assert_signed(server, &seen[3], common_call::API_KEY);
     let text = server.metrics().await;
     assert_eq!(metric(&text, "call_started", "retried"), 2, "{text}");
     assert_eq!(metric(&text, "call_started", "delivered"), 1, "{text}");
@@ -323,11 +355,12 @@ async fn failing_webhook_is_retried_and_the_call_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_call_refused_by_the_trunk_sends_call_ended_only() {
     common_call::require_tool("sipp");
-    let hook = Hook::start(vec![200]).await;
-    let server = Dialtone::start_with(&[("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY)]).await;
-    let agent = TestAgent::start(Mode::Echo).await;
-    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
-    set_webhook(&server, &agent_id, &hook.url).await;
+    let t = setup(
+        vec![200],
+        &[("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY)],
+    )
+    .await;
+    let (hook, server) = (&t.hook, &t.server);
 
     // SIPp as the trunk: 100, then 486 Busy Here, then it takes the ACK.
     let scenario =
@@ -358,7 +391,7 @@ async fn outbound_call_refused_by_the_trunk_sends_call_ended_only() {
                 "phone_number": "+14155550177",
                 "termination_uri": format!("127.0.0.1:{port}"),
                 "transport": "UDP",
-                "outbound_agent_id": agent_id,
+                "outbound_agent_id": t.agent_id,
             })),
         )
         .await;
@@ -393,35 +426,25 @@ async fn outbound_call_refused_by_the_trunk_sends_call_ended_only() {
         call,
         "call_ended's call is get-call's"
     );
-    assert_signed(&server, &seen[0], SIGNING_KEY);
+    assert_signed(server, &seen[0], SIGNING_KEY);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_nobody_dialled_send_call_ended_when_stopped_or_expired() {
-    let hook = Hook::start(vec![200]).await;
-    let server = Dialtone::start_with(&[
-        ("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY),
-        ("DIALTONE__CALLS__REGISTERED_CALL_TIMEOUT_MS", "1500"),
-    ])
+    let t = setup(
+        vec![200],
+        &[
+            ("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY),
+            ("DIALTONE__CALLS__REGISTERED_CALL_TIMEOUT_MS", "1500"),
+        ],
+    )
     .await;
-    let agent = TestAgent::start(Mode::Echo).await;
-    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
-    set_webhook(&server, &agent_id, &hook.url).await;
-
+    let (hook, server) = (&t.hook, &t.server);
     // Stopped through the API before anyone dialled it.
-    let stopped = server.register_call(&agent_id).await["call_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (status, _) = server
-        .api("POST", &format!("/v2/stop-call/{stopped}"), None)
-        .await;
-    assert_eq!(status, 204);
+    let stopped = t.register().await;
+    t.stop(&stopped).await;
     // Left to expire: the sweeper ends it.
-    let expired = server.register_call(&agent_id).await["call_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let expired = t.register().await;
 
     let seen = hook.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(seen.len(), 2, "{seen:#?}");
@@ -439,41 +462,34 @@ async fn calls_nobody_dialled_send_call_ended_when_stopped_or_expired() {
         assert_eq!(hooked.event(), "call_ended");
         assert_eq!(hooked.json()["call"]["disconnection_reason"], reason);
         assert_eq!(hooked.json()["call"], server.get_call(id).await);
-        assert_signed(&server, &hooked, SIGNING_KEY);
+        assert_signed(server, &hooked, SIGNING_KEY);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_gives_pending_webhooks_time_to_finish() {
     // The first try fails; the retry (1 s later) must still go out after SIGTERM.
-    let hook = Hook::start(vec![500, 200]).await;
-    let mut server =
-        Dialtone::start_with(&[("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY)]).await;
-    let agent = TestAgent::start(Mode::Echo).await;
-    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
-    set_webhook(&server, &agent_id, &hook.url).await;
-    let call_id = server.register_call(&agent_id).await["call_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (status, _) = server
-        .api("POST", &format!("/v2/stop-call/{call_id}"), None)
-        .await;
-    assert_eq!(status, 204);
-    assert_eq!(hook.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    let mut t = setup(
+        vec![500, 200],
+        &[("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY)],
+    )
+    .await;
+    let call_id = t.register().await;
+    t.stop(&call_id).await;
+    assert_eq!(t.hook.wait_for(1, Duration::from_secs(10)).await.len(), 1);
 
     let term = std::process::Command::new("kill")
-        .args(["-TERM", &server.pid().to_string()])
+        .args(["-TERM", &t.server.pid().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
-    let seen = hook.wait_for(2, Duration::from_secs(10)).await;
+    let seen = t.hook.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(seen.len(), 2, "the retry after SIGTERM: {seen:#?}");
     assert_eq!(seen[1].event(), "call_ended");
     assert_eq!(seen[1].json()["call"]["call_id"], call_id.as_str());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while server.is_running() && Instant::now() < deadline {
+    while t.server.is_running() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!server.is_running(), "SIGTERM must still end the process");
+    assert!(!t.server.is_running(), "SIGTERM must still end the process");
 }
