@@ -1332,6 +1332,87 @@ async fn update_hold_and_unhold_keep_the_call_up() {
     assert_media_tasks_freed(&c.server).await;
 }
 
+/// Sends a re-INVITE (keeping the media as it is) and returns its CSeq and final
+/// response, without ACKing it.
+async fn reinvite_without_ack(leg: &mut Leg) -> (u32, SipMsg) {
+    leg.cseq += 1;
+    let cseq = leg.cseq;
+    let offer = leg.offer("sendrecv");
+    let text = leg.in_dialog(
+        "INVITE",
+        cseq,
+        &format!("z9hG4bK{}", unique("re")),
+        Some(&offer),
+    );
+    let (_, fin) = leg
+        .transaction(&text, cseq, "INVITE", Duration::from_secs(10))
+        .await;
+    let fin = fin.expect("no final response to the re-INVITE within 10 s");
+    assert_eq!(fin.status(), Some(200), "re-INVITE:\n{}", fin.raw);
+    (cseq, fin)
+}
+
+/// Counts the 200s to INVITE `cseq` received during `span`; fails on a BYE.
+async fn count_resent_200(leg: &mut Leg, cseq: u32, span: Duration) -> usize {
+    let until = Instant::now() + span;
+    let mut n = 0;
+    while let Some(msg) = leg
+        .recv(until.saturating_duration_since(Instant::now()))
+        .await
+    {
+        assert_ne!(
+            msg.method(),
+            Some("BYE"),
+            "the gateway hung up:\n{}",
+            msg.raw
+        );
+        if msg.status() == Some(200)
+            && msg.cseq_method() == Some("INVITE")
+            && cseq_number(&msg) == Some(cseq)
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinvite_200_is_resent_over_udp_until_its_ack() {
+    // T1 = 100 ms: resends at 100, 300, 700 ms, ... after the 200.
+    let mut c = answered_call(&[("DIALTONE__SIP__T1_MS", "100")], true).await;
+    let (cseq, _) = reinvite_without_ack(&mut c.leg).await;
+    let resent = count_resent_200(&mut c.leg, cseq, Duration::from_millis(1000)).await;
+    assert!(
+        resent >= 2,
+        "the 200 must be resent until the ACK; saw {resent}"
+    );
+    c.leg.ack(cseq, None).await;
+    // What was already on its way may still land; after that, silence.
+    count_resent_200(&mut c.leg, cseq, Duration::from_millis(300)).await;
+    let after = count_resent_200(&mut c.leg, cseq, Duration::from_millis(2500)).await;
+    assert_eq!(after, 0, "the 200 kept coming after its ACK");
+    let call = c.server.get_call(&c.call_id).await;
+    assert_eq!(call["call_status"], "ongoing", "{call}");
+    assert_eq!(c.leg.bye().await, Some(200));
+    expect_final(&c.server, &c.call_id, "ended", "user_hangup", c.t0, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinvite_200_never_acked_ends_the_call_with_bye() {
+    // T1 = 50 ms: given up after 64*T1 = 3.2 s (RFC 3261 §13.3.1.4).
+    let mut c = answered_call(&[("DIALTONE__SIP__T1_MS", "50")], true).await;
+    let (_, _) = reinvite_without_ack(&mut c.leg).await;
+    let bye = expect_bye(
+        &mut c.leg,
+        Duration::from_secs(10),
+        "after an unacknowledged re-INVITE 200",
+    )
+    .await;
+    assert_eq!(bye.header("call-id"), Some(c.leg.call_id.as_str()));
+    expect_final(&c.server, &c.call_id, "error", "error_unknown", c.t0, true).await;
+    assert_media_tasks_freed(&c.server).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 8. ports are freed
 // ---------------------------------------------------------------------------------------

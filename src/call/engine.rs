@@ -548,6 +548,16 @@ struct Live {
     kind: Kind,
 }
 
+/// Our 2xx to a re-INVITE, resent over an unreliable transport until its ACK.
+struct Unacked {
+    ok: Response,
+    tx: ServerTxHandle,
+    cseq: u32,
+    interval: Duration,
+    next: tokio::time::Instant,
+    give_up: tokio::time::Instant,
+}
+
 /// One inbound call from INVITE to its end.
 struct CallSetup {
     invite: Request,
@@ -857,8 +867,25 @@ impl Live {
     ) -> Ending {
         let deadline = tokio::time::sleep(max_duration);
         tokio::pin!(deadline);
+        // Our 2xx to a re-INVITE waiting for its ACK.
+        let mut unacked: Option<Unacked> = None;
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
+            let resend_at = unacked.as_ref().map_or(far, |u| u.next.min(u.give_up));
             tokio::select! {
+                () = tokio::time::sleep_until(resend_at), if unacked.is_some() => {
+                    let Some(u) = unacked.as_mut() else { continue };
+                    let now = tokio::time::Instant::now();
+                    if now >= u.give_up {
+                        // RFC 3261 §13.3.1.4: the session ends with a BYE.
+                        warn!("no ACK for our 200 to a re-INVITE within 64*T1; ending the call");
+                        self.stop_media(&mut media).await;
+                        return Ending { reason: DisconnectionReason::ErrorUnknown, send_bye: true };
+                    }
+                    u.tx.respond(u.ok.clone());
+                    u.interval = (u.interval * 2).min(engine.inner.settings.timers.t2);
+                    u.next = now + u.interval;
+                }
                 outcome = &mut media.done => {
                     let reason = match outcome {
                         Ok(outcome) => outcome.reason.unwrap_or(DisconnectionReason::ErrorUnknown),
@@ -878,7 +905,12 @@ impl Live {
                         self.stop_media(&mut media).await;
                         return Ending { reason: DisconnectionReason::ManualStopped, send_bye: true };
                     }
-                    Some(CallInput::Ack(ack)) => self.answer_in_ack(&ack, &media, engine).await,
+                    Some(CallInput::Ack(ack)) => {
+                        if unacked.as_ref().is_some_and(|u| Some(u.cseq) == ack.cseq().map(|c| c.seq)) {
+                            unacked = None;
+                        }
+                        self.answer_in_ack(&ack, &media, engine).await
+                    }
                     Some(CallInput::Request(req, tx)) => {
                         if let Some(cseq) = req.cseq() {
                             if !self.dialog.accept_remote_cseq(cseq.seq) {
@@ -892,7 +924,23 @@ impl Live {
                                 self.stop_media(&mut media).await;
                                 return Ending { reason: DisconnectionReason::UserHangup, send_bye: false };
                             }
-                            Method::Invite | Method::Update => self.renegotiate(engine, &req, &tx, &media).await,
+                            Method::Invite | Method::Update => {
+                                let ok = self.renegotiate(engine, &req, &tx, &media).await;
+                                // Over UDP nothing below us resends a 2xx to an INVITE: we do,
+                                // until its ACK (RFC 3261 §13.3.1.4).
+                                if let (Some(ok), Method::Invite, false) = (ok, &req.method, self.kind.is_reliable()) {
+                                    let t1 = engine.inner.settings.timers.t1;
+                                    let now = tokio::time::Instant::now();
+                                    unacked = Some(Unacked {
+                                        ok,
+                                        tx,
+                                        cseq: req.cseq().map(|c| c.seq).unwrap_or(0),
+                                        interval: t1,
+                                        next: now + t1,
+                                        give_up: now + t1 * 64,
+                                    });
+                                }
+                            }
                             _ => tx.respond(Response::for_request(&req, 200, "OK", None)),
                         }
                     }
@@ -903,13 +951,14 @@ impl Live {
 
     /// A re-INVITE or UPDATE: answer its offer on the same port (hold and unhold included)
     /// and tell the media task. Without an offer, our current description is the answer.
+    /// Returns the 2xx sent, if one was.
     async fn renegotiate(
         &mut self,
         engine: &Engine,
         req: &Request,
         tx: &ServerTxHandle,
         media: &MediaHandle,
-    ) {
+    ) -> Option<Response> {
         self.local.session_version += 1;
         let contact = engine.inner.endpoint.contact(self.kind);
         let mut ok = Response::for_request(req, 200, "OK", None);
@@ -919,9 +968,9 @@ impl Live {
             ok.headers.push("Content-Type", "application/sdp");
             let offer = sdp::offer(&self.local);
             ok.body = Bytes::from(offer.to_string());
-            tx.respond(ok);
+            tx.respond(ok.clone());
             self.pending_offer = Some(offer);
-            return;
+            return Some(ok);
         }
         let answer = Sdp::parse(&req.body)
             .map_err(|e| e.to_string())
@@ -930,7 +979,7 @@ impl Live {
             Ok(answer) => {
                 ok.headers.push("Content-Type", "application/sdp");
                 ok.body = Bytes::from(answer.sdp.to_string());
-                tx.respond(ok);
+                tx.respond(ok.clone());
                 info!(
                     hold = answer.negotiated.remote_hold,
                     codec = answer.negotiated.codec.encoding_name(),
@@ -940,6 +989,7 @@ impl Live {
                     .commands
                     .try_send(MediaCommand::Update(answer.negotiated.clone()));
                 self.answer = Some(answer);
+                Some(ok)
             }
             Err(err) => {
                 debug!(%err, "re-offer not acceptable; keeping the current media");
@@ -947,6 +997,7 @@ impl Live {
                 resp.headers
                     .push("Warning", "304 dialtone \"offer not acceptable\"");
                 tx.respond(resp);
+                None
             }
         }
     }
