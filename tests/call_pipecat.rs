@@ -1,0 +1,233 @@
+//! A real Pipecat bot, written as for Twilio Media Streams, works against dialtone
+//! unchanged (AGENT_PROTOCOL.md): `tests/pipecat/echo_bot.py` runs Pipecat's own
+//! `parse_telephony_websocket`, `TwilioFrameSerializer` and `FastAPIWebsocketTransport`
+//! around a processor that turns caller audio into bot audio. SIPp dials offering PCMU
+//! and plays a 1 kHz tone for 5 s; the tone must come back through Pipecat in the RTP to
+//! the caller, and the call must end as `ended` / `user_hangup`.
+//!
+//! Needs `pipecat-ai` for python3 (`tests/pipecat/requirements.txt`; scripts/test.sh
+//! installs it). Fails, never skips, when it is missing.
+
+mod common_call;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common_call::audio;
+use common_call::capture::Capture;
+use common_call::flow::{check_rtp_stream, split_rtp};
+use common_call::pcap::Rtp;
+use common_call::sipp;
+use common_call::{Dialtone, REPO};
+use dialtone::media::codec::CodecKind;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Seconds of the 5 s tone that must come back. Measured with pipecat-ai 1.14.0: all
+/// 5.00 s, also with both cores kept busy (where the longest unbroken run fell to 3.4 s:
+/// Python stalls briefly, nothing is lost). The tone lasts 5 s and SIPp hangs up 6.5 s
+/// after answering, so only a delay over 1.5 s or dropped audio loses any; 4 s leaves
+/// room for a slow CI machine without letting a path that drops a fifth of it pass.
+const MIN_TONE_SECONDS: f64 = 4.0;
+
+/// Bound on the echo delay through dialtone and Pipecat (first packet SIPp sent → first
+/// returned packet with the tone). Measured 61–68 ms, idle or loaded: Pipecat re-chunks
+/// audio into 40 ms pieces paced by its own clock and adds little. 1 s is far above
+/// that yet still catches audio that queues up somewhere.
+const MAX_ECHO_DELAY_SECONDS: f64 = 1.0;
+
+/// The Pipecat echo bot, killed on drop; its log is printed when the test fails.
+struct PipecatBot {
+    child: Child,
+    port: u16,
+    log_path: PathBuf,
+}
+
+impl PipecatBot {
+    async fn start(dir: &std::path::Path) -> PipecatBot {
+        common_call::require_tool("python3");
+        let probe = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import importlib.metadata as m; import pipecat, fastapi, uvicorn; \
+                 print(m.version('pipecat-ai'))",
+            ])
+            .output()
+            .expect("run python3");
+        assert!(
+            probe.status.success(),
+            "pipecat-ai is not installed for python3; install tests/pipecat/requirements.txt \
+             (`python3 -m pip install -r tests/pipecat/requirements.txt`; scripts/test.sh does \
+             it):\n{}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+        eprintln!(
+            "pipecat-ai {}",
+            String::from_utf8_lossy(&probe.stdout).trim()
+        );
+
+        let port = common_call::free_tcp_port();
+        let log_path = dir.join("pipecat.log");
+        let log = std::fs::File::create(&log_path).expect("pipecat log");
+        let mut child = Command::new("python3")
+            .arg(PathBuf::from(REPO).join("tests/pipecat/echo_bot.py"))
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the Pipecat bot");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // Importing Pipecat takes a few seconds (numba, onnxruntime); more on a busy machine.
+        let ready = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("echo_bot ready") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        let bot = PipecatBot {
+            child,
+            port,
+            log_path,
+        };
+        assert!(
+            matches!(ready, Ok(true)),
+            "the Pipecat bot did not print its ready line within 60 s; its log:\n{}",
+            bot.log()
+        );
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        bot
+    }
+
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for PipecatBot {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- Pipecat bot log ----\n{}\n---- end of Pipecat bot log ----",
+                self.log()
+            );
+        }
+    }
+}
+
+/// Seconds from the first packet SIPp sent to the first returned packet with the tone.
+fn echo_delay(sent_first: f64, returned: &[(f64, Rtp)]) -> Option<f64> {
+    returned
+        .iter()
+        .filter(|(_, r)| r.pt == CodecKind::Pcmu.payload_type())
+        .find(|(_, r)| {
+            let pcm = audio::ulaw_to_pcm(&r.payload);
+            audio::rms(&pcm) >= 300.0 && audio::tone_fraction(&pcm, 8000, audio::TONE_HZ) >= 0.5
+        })
+        .map(|(t, _)| t - sent_first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipecat_twilio_bot_echoes_the_tone_unchanged() {
+    let server = Dialtone::start().await;
+    let bot = PipecatBot::start(server.dir.path()).await;
+    let agent_id = server.create_agent(&bot.url(), "mulaw_8000").await;
+    let registered = server.register_call(&agent_id).await;
+    let call_id = registered["call_id"].as_str().unwrap().to_string();
+
+    let media_port = common_call::free_port_block(4);
+    let capture = Capture::start(
+        server.dir.path(),
+        "rtp",
+        &format!("udp and port {media_port}"),
+    )
+    .await;
+    let t0 = common_call::now_ms();
+    let run = sipp::run_uac(sipp::Uac {
+        scenario: "uac_pcap_pcmu.xml",
+        target: server.sip,
+        service: &call_id,
+        dir: server.dir.path(),
+        media_port,
+        timeout: Duration::from_secs(30),
+        extra: vec![],
+    })
+    .await;
+    let packets = capture.stop().await;
+    assert!(run.ok(), "the SIPp call failed:\n{}", run.describe());
+
+    let first_sent = packets
+        .iter()
+        .find(|p| p.src.port() == media_port && Rtp::parse(&p.payload).is_some())
+        .map(|p| p.time)
+        .expect("harness: SIPp sent no RTP; is pcap_play working (root)?");
+    let (sent, returned) = split_rtp(&packets, media_port);
+    assert!(
+        sent.len() >= 240,
+        "harness: SIPp sent only {} RTP packets (expected 250)",
+        sent.len()
+    );
+    let timed: Vec<(f64, Rtp)> = returned.into_iter().map(|(u, r)| (u.time, r)).collect();
+    let rtp: Vec<Rtp> = timed.iter().map(|(_, r)| r.clone()).collect();
+    assert!(!rtp.is_empty(), "no RTP came back to the caller");
+    check_rtp_stream(&rtp, CodecKind::Pcmu);
+
+    let pcm = audio::decode_rtp(CodecKind::Pcmu, &rtp);
+    let tone = audio::find_tone(&pcm, 8000, audio::TONE_HZ, 0.5, 300.0);
+    let delay = echo_delay(first_sent, &timed);
+    eprintln!(
+        "through Pipecat: {:.2} s of tone back (longest run {:.2} s), echo delay {}",
+        tone.tone_seconds(),
+        tone.longest_run as f64 * 0.02,
+        delay.map_or("none".into(), |d| format!("{:.0} ms", d * 1000.0))
+    );
+    assert!(
+        tone.tone_seconds() >= MIN_TONE_SECONDS,
+        "the 1 kHz tone should come back through Pipecat for at least {MIN_TONE_SECONDS} s of \
+         the 5 s played; found {tone:?} in {} returned packets",
+        rtp.len()
+    );
+    let delay = delay.unwrap();
+    assert!(
+        delay <= MAX_ECHO_DELAY_SECONDS,
+        "the tone came back {delay:.2} s after it was sent (bound {MAX_ECHO_DELAY_SECONDS} s)"
+    );
+
+    let call = server
+        .wait_call_final(&call_id, Duration::from_secs(10))
+        .await;
+    common_call::assert_ended_by_caller(&call, t0);
+    assert_eq!(call["call_status"], "ended", "{call}");
+
+    // The bot saw a Twilio stream carrying this call, and ended when the socket closed.
+    let bot_log = bot.log();
+    assert!(
+        bot_log.contains("transport=twilio") && bot_log.contains(&call_id),
+        "Pipecat should detect a Twilio stream with callSid {call_id}; its log:\n{bot_log}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !bot.log().contains("pipeline finished") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bot_log = bot.log();
+    assert!(
+        bot_log.contains("pipeline finished"),
+        "the Pipecat pipeline should finish once dialtone closes the socket; its log:\n{bot_log}"
+    );
+    for bad in ["| ERROR", "Traceback"] {
+        assert!(
+            !bot_log.contains(bad),
+            "the Pipecat bot logged an error; its log:\n{bot_log}"
+        );
+    }
+}
