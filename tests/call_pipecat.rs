@@ -12,12 +12,13 @@ mod common_call;
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common_call::audio;
 use common_call::capture::Capture;
 use common_call::flow::{check_rtp_stream, split_rtp};
 use common_call::pcap::Rtp;
+use common_call::sip::Uac;
 use common_call::sipp;
 use common_call::{Dialtone, REPO};
 use dialtone::media::codec::CodecKind;
@@ -45,7 +46,8 @@ struct PipecatBot {
 }
 
 impl PipecatBot {
-    async fn start(dir: &std::path::Path) -> PipecatBot {
+    /// Starts `echo_bot.py` with extra `args` (`["goodbye"]`) and waits for its ready line.
+    async fn start(dir: &std::path::Path, args: &[&str]) -> PipecatBot {
         common_call::require_tool("python3");
         let probe = std::process::Command::new("python3")
             .args([
@@ -73,6 +75,7 @@ impl PipecatBot {
         let mut child = Command::new("python3")
             .arg(PathBuf::from(REPO).join("tests/pipecat/echo_bot.py"))
             .arg(port.to_string())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -111,6 +114,23 @@ impl PipecatBot {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+
+    /// The bot's pipeline ended (within 10 s) and it logged no error.
+    async fn assert_finished_cleanly(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains("pipeline finished") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = self.log();
+        assert!(
+            log.contains("pipeline finished"),
+            "the Pipecat pipeline should finish once the socket closes; its log:\n{log}"
+        );
+        assert!(
+            !log.contains("| ERROR") && !log.contains("Traceback"),
+            "the Pipecat bot logged an error; its log:\n{log}"
+        );
+    }
 }
 
 impl Drop for PipecatBot {
@@ -140,7 +160,7 @@ fn echo_delay(sent_first: f64, returned: &[(f64, Rtp)]) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipecat_twilio_bot_echoes_the_tone_unchanged() {
     let server = Dialtone::start().await;
-    let bot = PipecatBot::start(server.dir.path()).await;
+    let bot = PipecatBot::start(server.dir.path(), &[]).await;
     let agent_id = server.create_agent(&bot.url(), "mulaw_8000").await;
     let registered = server.register_call(&agent_id).await;
     let call_id = registered["call_id"].as_str().unwrap().to_string();
@@ -215,19 +235,103 @@ async fn pipecat_twilio_bot_echoes_the_tone_unchanged() {
         bot_log.contains("transport=twilio") && bot_log.contains(&call_id),
         "Pipecat should detect a Twilio stream with callSid {call_id}; its log:\n{bot_log}"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !bot.log().contains("pipeline finished") && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let bot_log = bot.log();
-    assert!(
-        bot_log.contains("pipeline finished"),
-        "the Pipecat pipeline should finish once dialtone closes the socket; its log:\n{bot_log}"
+    bot.assert_finished_cleanly().await;
+}
+
+/// A Pipecat bot ends a call by ending its pipeline: with auto hang-up off (no Twilio REST
+/// API here), Pipecat closes the websocket with 1000 once its last audio is written, and
+/// dialtone must play that audio out, send BYE and end the call as `agent_hangup`. The bot
+/// says goodbye (1 s of 1 kHz) as the call starts, then queues an EndFrame.
+///
+/// Measured: the goodbye arrives whole, and the BYE ~3.0 s after answer. On EndFrame
+/// Pipecat writes its `audio_out_end_silence_secs` (2 s) of silence as one last `media`
+/// message before closing; dialtone plays that out too (its drain cap is 5 s), so the BYE
+/// comes after 1 s + 2 s of audio. Bounds: not before the goodbye could have been played
+/// (1 s), and within 6 s (1 s + 2 s + slack for a slow machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipecat_bot_ending_its_pipeline_hangs_up_after_its_goodbye() {
+    let server = Dialtone::start().await;
+    let bot = PipecatBot::start(server.dir.path(), &["goodbye"]).await;
+    let agent_id = server.create_agent(&bot.url(), "mulaw_8000").await;
+    let registered = server.register_call(&agent_id).await;
+    let call_id = registered["call_id"].as_str().unwrap().to_string();
+
+    let t0 = common_call::now_ms();
+    let mut uac = Uac::new(server.sip).await;
+    let sent = uac.send_invite(&call_id, &[0]).await;
+    let outcome = uac.await_final(sent, Duration::from_secs(20)).await;
+    let ok = outcome.final_response.unwrap_or_else(|| {
+        panic!(
+            "no final response to the INVITE (provisional {:?})",
+            outcome.provisional
+        )
+    });
+    assert_eq!(
+        ok.status(),
+        Some(200),
+        "the call should be answered:\n{}",
+        ok.raw
     );
-    for bad in ["| ERROR", "Traceback"] {
-        assert!(
-            !bot_log.contains(bad),
-            "the Pipecat bot logged an error; its log:\n{bot_log}"
-        );
+    uac.ack(&ok).await;
+    let media = ok.sdp_media_addr().expect("SDP in the 200");
+    let answered = Instant::now();
+
+    // Send caller silence every 20 ms and keep the RTP that comes back, until the BYE.
+    let mut back = Vec::new();
+    let mut silence = vec![0xFFu8; 12 + 160];
+    silence[0] = 0x80;
+    let mut bye = None;
+    let mut buf = [0u8; 2048];
+    for seq in 0u16..750 {
+        while let Ok((n, _)) = uac.rtp.try_recv_from(&mut buf) {
+            back.extend(Rtp::parse(&buf[..n]));
+        }
+        silence[2..4].copy_from_slice(&seq.to_be_bytes());
+        silence[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        let _ = uac.rtp.send_to(&silence, media).await;
+        if let Some(msg) = uac.recv(Duration::from_millis(20)).await {
+            if msg.method() == Some("BYE") {
+                bye = Some(answered.elapsed());
+                break;
+            }
+        }
     }
+    let bye = bye.unwrap_or_else(|| {
+        panic!(
+            "the caller got no BYE within 15 s of answer after the Pipecat bot ended its pipeline"
+        )
+    });
+    let pcm = audio::decode_rtp(CodecKind::Pcmu, &back);
+    let tone = audio::find_tone(&pcm, 8000, audio::TONE_HZ, 0.5, 300.0);
+    eprintln!(
+        "Pipecat goodbye: {:.2} s of tone before the BYE, BYE {} ms after answer",
+        tone.tone_seconds(),
+        bye.as_millis()
+    );
+    assert!(
+        bye >= Duration::from_secs(1) && bye <= Duration::from_secs(6),
+        "the BYE should follow the bot's last audio (1 s of goodbye + Pipecat's 2 s of end \
+         silence) within 6 s of answer; it came after {bye:?}"
+    );
+    assert!(
+        tone.tone_seconds() >= 0.9,
+        "the caller should hear the bot's 1 s goodbye before the BYE; found {tone:?}"
+    );
+
+    let call = server
+        .wait_call_final(&call_id, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        (
+            call["call_status"].as_str(),
+            call["disconnection_reason"].as_str()
+        ),
+        (Some("ended"), Some("agent_hangup")),
+        "call object: {call}"
+    );
+    assert!(
+        call["end_timestamp"].as_i64().unwrap_or(0) >= t0,
+        "call object: {call}"
+    );
+    bot.assert_finished_cleanly().await;
 }
