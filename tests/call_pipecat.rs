@@ -15,11 +15,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common_call::audio;
-use common_call::capture::Capture;
-use common_call::flow::{check_rtp_stream, split_rtp};
+use common_call::flow::{check_rtp_stream, dial_pcap, split_rtp, PcapDial};
 use common_call::pcap::Rtp;
 use common_call::sip::Uac;
-use common_call::sipp;
 use common_call::{Dialtone, REPO};
 use dialtone::media::codec::CodecKind;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -165,26 +163,12 @@ async fn pipecat_twilio_bot_echoes_the_tone_unchanged() {
     let registered = server.register_call(&agent_id).await;
     let call_id = registered["call_id"].as_str().unwrap().to_string();
 
-    let media_port = common_call::free_port_block(4);
-    let capture = Capture::start(
-        server.dir.path(),
-        "rtp",
-        &format!("udp and port {media_port}"),
-    )
-    .await;
-    let t0 = common_call::now_ms();
-    let run = sipp::run_uac(sipp::Uac {
-        scenario: "uac_pcap_pcmu.xml",
-        target: server.sip,
-        service: &call_id,
-        dir: server.dir.path(),
+    let PcapDial {
+        packets,
         media_port,
-        timeout: Duration::from_secs(30),
-        extra: vec![],
-    })
-    .await;
-    let packets = capture.stop().await;
-    assert!(run.ok(), "the SIPp call failed:\n{}", run.describe());
+        t0,
+        ..
+    } = dial_pcap(&server, &call_id, "uac_pcap_pcmu.xml").await;
 
     let first_sent = packets
         .iter()
