@@ -211,7 +211,6 @@ async fn pipecat_twilio_bot_echoes_the_tone_unchanged() {
         .wait_call_final(&call_id, Duration::from_secs(10))
         .await;
     common_call::assert_ended_by_caller(&call, t0);
-    assert_eq!(call["call_status"], "ended", "{call}");
 
     // The bot saw a Twilio stream carrying this call, and ended when the socket closed.
     let bot_log = bot.log();
