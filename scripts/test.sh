@@ -58,9 +58,10 @@ echo "sipp: $(sipp -v 2>&1 | grep -o 'SIPp v[^ ]*' | head -1)"
 
 # ---------------------------------------------------------------------------------------
 section "Python packages"
-# The official retell-sdk drives the API test; versions are pinned in the requirements files.
-# (tests/e2e/requirements.txt is only for regenerating pcaps and the load benchmark.)
-for req in tests/sdk/requirements.txt; do
+# The official retell-sdk drives the API test, and a real Pipecat bot the call_pipecat test;
+# versions are pinned in the requirements files. (tests/e2e/requirements.txt is only for
+# regenerating pcaps and the load benchmark.)
+for req in tests/sdk/requirements.txt tests/pipecat/requirements.txt; do
     [ -f "$req" ] || continue
     if python3 - "$req" <<'PY'
 import sys, importlib.metadata as md
@@ -70,6 +71,7 @@ for line in open(sys.argv[1]):
     if not line:
         continue
     name, _, version = line.partition("==")
+    name = name.split("[")[0]  # pipecat-ai[websocket]: the extras are pinned on their own lines
     try:
         if version and md.version(name) != version:
             ok = False

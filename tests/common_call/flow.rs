@@ -66,26 +66,12 @@ pub async fn run_pcap_call(case: PcapCall) -> PcapCallResult {
     let registered = server.register_call(&agent_id).await;
     let call_id = registered["call_id"].as_str().unwrap().to_string();
 
-    let media_port = super::free_port_block(4);
-    let capture = Capture::start(
-        server.dir.path(),
-        "rtp",
-        &format!("udp and port {media_port}"),
-    )
-    .await;
-    let t0 = super::now_ms();
-    let run = sipp::run_uac(sipp::Uac {
-        scenario: case.scenario,
-        target: server.sip,
-        service: &call_id,
-        dir: server.dir.path(),
+    let PcapDial {
+        run,
+        packets,
         media_port,
-        timeout: Duration::from_secs(30),
-        extra: vec![],
-    })
-    .await;
-    let packets = capture.stop().await;
-    assert!(run.ok(), "the SIPp call failed:\n{}", run.describe());
+        t0,
+    } = dial_pcap(&server, &call_id, case.scenario).await;
 
     // --- Signalling -------------------------------------------------------------------
     let codes = run.received_status_codes();
@@ -184,6 +170,47 @@ pub async fn run_pcap_call(case: PcapCall) -> PcapCallResult {
         agent_conn: conn,
         returned: rtp,
         returned_tone: tone,
+    }
+}
+
+/// One SIPp call dialled to a registered call, with the capture of its media port.
+pub struct PcapDial {
+    pub run: SippRun,
+    /// Every UDP datagram to and from SIPp's media port.
+    pub packets: Vec<UdpPacket>,
+    pub media_port: u16,
+    /// Unix ms just before SIPp started.
+    pub t0: i64,
+}
+
+/// SIPp dials `sip:{call_id}@dialtone` with `scenario` (tests/e2e/sipp) while tcpdump
+/// records its media port; asserts that SIPp's call succeeded.
+pub async fn dial_pcap(server: &Dialtone, call_id: &str, scenario: &str) -> PcapDial {
+    let media_port = super::free_port_block(4);
+    let capture = Capture::start(
+        server.dir.path(),
+        "rtp",
+        &format!("udp and port {media_port}"),
+    )
+    .await;
+    let t0 = super::now_ms();
+    let run = sipp::run_uac(sipp::Uac {
+        scenario,
+        target: server.sip,
+        service: call_id,
+        dir: server.dir.path(),
+        media_port,
+        timeout: Duration::from_secs(30),
+        extra: vec![],
+    })
+    .await;
+    let packets = capture.stop().await;
+    assert!(run.ok(), "the SIPp call failed:\n{}", run.describe());
+    PcapDial {
+        run,
+        packets,
+        media_port,
+        t0,
     }
 }
 
