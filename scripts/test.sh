@@ -58,7 +58,8 @@ echo "sipp: $(sipp -v 2>&1 | grep -o 'SIPp v[^ ]*' | head -1)"
 
 # ---------------------------------------------------------------------------------------
 section "Python packages"
-# The official retell-sdk drives the API test; versions are pinned in the requirements files.
+# The official retell-sdk drives the API test and pylibsrtp (libsrtp) the SRTP interop
+# test; versions are pinned in the requirements files.
 # (tests/e2e/requirements.txt is only for regenerating pcaps and the load benchmark.)
 for req in tests/sdk/requirements.txt; do
     [ -f "$req" ] || continue
