@@ -173,6 +173,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             calls: settings.calls.clone(),
             timers: settings.sip.timers,
             media_ip,
+            srtp: settings.media.srtp,
         },
     );
     endpoint.set_handler(Arc::new(engine.clone()));

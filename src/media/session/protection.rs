@@ -52,16 +52,26 @@ impl Protection {
         }
     }
 
-    /// Applies a re-negotiation: new keys mean new contexts; the same keys keep the
-    /// current ones, whose roll-over counters and replay windows must carry on.
+    /// Applies a re-negotiation. Our context carries on while our key does (its roll-over
+    /// counter must: restarting it under the same key would reuse keystream); the peer's
+    /// is replaced when the peer sends a new key.
     pub fn update(&mut self, keys: Option<&SrtpKeys>) {
-        let same = match (&*self, keys) {
-            (Protection::Plain, None) => true,
-            (Protection::Srtp(c), Some(k)) => c.keys == *k,
-            _ => false,
-        };
-        if !same {
-            *self = Protection::new(keys);
+        match (&mut *self, keys) {
+            (Protection::Plain, None) => {}
+            (Protection::Srtp(c), Some(k))
+                if c.keys.suite == k.suite && c.keys.local_key_salt == k.local_key_salt =>
+            {
+                if c.keys.remote_key_salt != k.remote_key_salt {
+                    match SrtpContext::new(k.suite, &k.remote_key_salt) {
+                        Ok(rx) => {
+                            c.rx = rx;
+                            c.keys = k.clone();
+                        }
+                        Err(_) => *self = Protection::Unusable,
+                    }
+                }
+            }
+            _ => *self = Protection::new(keys),
         }
     }
 
