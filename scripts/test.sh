@@ -58,9 +58,9 @@ echo "sipp: $(sipp -v 2>&1 | grep -o 'SIPp v[^ ]*' | head -1)"
 
 # ---------------------------------------------------------------------------------------
 section "Python packages"
-# The official retell-sdk drives the API test, and a real Pipecat bot the call_pipecat test;
-# versions are pinned in the requirements files. (tests/e2e/requirements.txt is only for
-# regenerating pcaps and the load benchmark.)
+# The official retell-sdk drives the API test, pylibsrtp (libsrtp) the SRTP interop test,
+# and a real Pipecat bot the call_pipecat test; versions are pinned in the requirements
+# files. (tests/e2e/requirements.txt is only for regenerating pcaps and the load benchmark.)
 for req in tests/sdk/requirements.txt tests/pipecat/requirements.txt; do
     [ -f "$req" ] || continue
     if python3 - "$req" <<'PY'

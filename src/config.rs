@@ -133,6 +133,7 @@ struct RawTls {
 struct RawMedia {
     rtp_ports: String,
     public_ip: String,
+    srtp: String,
 }
 
 impl Default for RawMedia {
@@ -140,6 +141,7 @@ impl Default for RawMedia {
         RawMedia {
             rtp_ports: "20000-30000".into(),
             public_ip: String::new(),
+            srtp: "optional".into(),
         }
     }
 }
@@ -326,6 +328,32 @@ pub struct TlsSettings {
 pub struct MediaSettings {
     pub rtp_ports: (u16, u16),
     pub public_ip: Option<IpAddr>,
+    pub srtp: SrtpMode,
+}
+
+/// `media.srtp`: whether calls use SRTP with SDES keys. SDES keys travel in the SDP, so
+/// SRTP is only ever used on calls whose signalling is TLS (see `call::engine::srtp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SrtpMode {
+    /// Plain RTP only; RTP/SAVP offers are refused.
+    Off,
+    /// Over TLS: RTP/SAVP offers are answered with SRTP and RTP/AVP offers with RTP; our
+    /// own offers are plain RTP/AVP.
+    Optional,
+    /// Every call's media is SRTP: plain offers are refused and our offers are RTP/SAVP,
+    /// so calls whose signalling is not TLS fail.
+    Required,
+}
+
+impl SrtpMode {
+    fn parse(text: &str) -> Option<SrtpMode> {
+        match text.trim() {
+            "off" => Some(SrtpMode::Off),
+            "optional" => Some(SrtpMode::Optional),
+            "required" => Some(SrtpMode::Required),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -567,6 +595,15 @@ impl RawSettings {
                     invalid("media.public_ip", format!("'{ip}' is not an IP address"))
                 })?),
             };
+        let srtp = SrtpMode::parse(&self.media.srtp).ok_or_else(|| {
+            invalid(
+                "media.srtp",
+                format!(
+                    "'{}' is not one of \"off\", \"optional\", \"required\"",
+                    self.media.srtp
+                ),
+            )
+        })?;
 
         let http_listen = listen_addr("http.listen", &self.http.listen)?;
         let keys: Vec<String> = self
@@ -618,6 +655,7 @@ impl RawSettings {
             media: MediaSettings {
                 rtp_ports,
                 public_ip,
+                srtp,
             },
             http: HttpSettings {
                 listen: http_listen,
@@ -714,6 +752,7 @@ mod tests {
         let s = Settings::load_with_env(&path, env(&[])).unwrap();
         assert!(s.sip.udp.is_some());
         assert_eq!(s.media.rtp_ports, (20000, 30000));
+        assert_eq!(s.media.srtp, SrtpMode::Optional);
         assert_eq!(s.calls.registered_call_timeout, Duration::from_secs(300));
     }
 
@@ -754,6 +793,19 @@ mod tests {
     }
 
     #[test]
+    fn media_srtp_takes_its_three_modes() {
+        for (text, mode) in [
+            ("off", SrtpMode::Off),
+            ("optional", SrtpMode::Optional),
+            ("required", SrtpMode::Required),
+        ] {
+            let f = file(&format!("[media]\nsrtp = \"{text}\"\n"));
+            let s = Settings::load_with_env(f.path(), env(&[])).unwrap();
+            assert_eq!(s.media.srtp, mode);
+        }
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("[sip]\nudp = \"nonsense\"\n", "sip.udp"),
@@ -761,6 +813,7 @@ mod tests {
             ("[sip]\ndns_servers = [\"ns.example\"]\n", "sip.dns_servers"),
             ("[media]\nrtp_ports = \"30000-20000\"\n", "media.rtp_ports"),
             ("[media]\npublic_ip = \"x.y\"\n", "media.public_ip"),
+            ("[media]\nsrtp = \"yes\"\n", "media.srtp"),
             ("[http]\nlisten = \"8080\"\n", "http.listen"),
             ("[database]\nurl = \"mysql://x\"\n", "database.url"),
             (

@@ -179,6 +179,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             calls: settings.calls.clone(),
             timers: settings.sip.timers,
             media_ip,
+            srtp: settings.media.srtp,
         },
         events.clone(),
     );

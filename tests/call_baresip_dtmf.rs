@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common_call::agent::{assert_stream_opening, Mode, TestAgent};
 use common_call::audio::{agent_media_to_pcm, decode_rtp, find_tone, TONE_HZ};
-use common_call::baresip::{write_wav, Baresip};
+use common_call::baresip::{write_tone_wav, Baresip};
 use common_call::capture::Capture;
 use common_call::pcap::{telephone_event, Rtp};
 use common_call::Dialtone;
@@ -28,10 +28,7 @@ async fn baresip_g722_call_delivers_each_dtmf_digit_exactly_once() {
 
     // baresip's microphone: 20 s of a 1 kHz tone at 16 kHz.
     let wav = server.dir.path().join("tone16k.wav");
-    let tone: Vec<i16> = (0..16_000 * 20)
-        .map(|i| (8000.0 * (2.0 * std::f64::consts::PI * 1000.0 * i as f64 / 16000.0).sin()) as i16)
-        .collect();
-    write_wav(&wav, 16_000, &tone);
+    write_tone_wav(&wav, 20);
     let mut ua = Baresip::start(&server.dir.path().join("baresip"), &["g722"], &wav).await;
     let capture = Capture::start(
         server.dir.path(),

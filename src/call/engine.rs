@@ -32,6 +32,7 @@ use crate::store::{Claim, Store};
 use crate::webhook::events::CallEvents;
 
 mod outbound;
+mod srtp;
 
 /// What a call task can be told.
 #[derive(Debug)]
@@ -59,6 +60,8 @@ pub struct EngineSettings {
     pub timers: TimerSettings,
     /// The address written into SDP; `None` means the address the INVITE arrived on.
     pub media_ip: Option<IpAddr>,
+    /// `media.srtp`; applied per call by [`srtp::policy`].
+    pub srtp: crate::config::SrtpMode,
 }
 
 struct Inner {
@@ -217,11 +220,13 @@ fn user_of(uri: &str) -> Option<String> {
 
 /// A rejection sent before the call was claimed: the registration stays usable.
 fn reject(tx: &ServerTxHandle, req: &Request, status: u16, reason: &str) {
-    let mut resp = Response::for_request(req, status, reason, Some(&new_tag()));
-    if status == 488 {
-        resp.headers
-            .push("Warning", "304 dialtone \"no common codec\"");
-    }
+    tx.respond(Response::for_request(req, status, reason, Some(&new_tag())));
+}
+
+/// A 488 for an offer we cannot accept, with a Warning saying why.
+fn refuse_offer(tx: &ServerTxHandle, req: &Request, warning: &str) {
+    let mut resp = Response::for_request(req, 488, "Not Acceptable Here", Some(&new_tag()));
+    resp.headers.push("Warning", warning);
     tx.respond(resp);
 }
 
@@ -305,13 +310,19 @@ impl Engine {
         };
         let media_ip = self.media_ip(&from);
         let session_id = rand::random::<u32>() as u64;
-        let local = LocalMedia::new(media_ip, socket.port(), session_id, 1);
+        let mut local = LocalMedia::new(media_ip, socket.port(), session_id, 1);
+        let srtp_mode = self.inner.settings.srtp;
+        local.srtp = match srtp::policy(srtp_mode, from.kind) {
+            Ok(policy) => policy,
+            Err(why) => return refuse_offer(&tx, &invite, &format!("302 dialtone \"{why}\"")),
+        };
         let answer = match &offer {
             Some(offer) => match sdp::answer(offer, &local) {
                 Ok(answer) => Some(answer),
                 Err(err) => {
                     debug!(%err, "offer not acceptable");
-                    return reject(&tx, &invite, 488, "Not Acceptable Here");
+                    let warning = srtp::warning(&err, srtp_mode, from.kind);
+                    return refuse_offer(&tx, &invite, &warning);
                 }
             },
             None => None,

@@ -22,3 +22,4 @@ pub mod resample;
 pub mod rtcp;
 pub mod rtp;
 pub mod session;
+pub mod srtp;

@@ -61,8 +61,10 @@
 //! `Inactivity`. In every case the agent gets `ToAgent::Stop` (if it still listens) and the
 //! caller an RTCP BYE.
 //!
-//! SRTP keys in [`Negotiated`] are not applied here yet (there is no SRTP layer): the
-//! session logs a warning and runs plain RTP.
+//! With SRTP keys in [`Negotiated`] every datagram is SRTP or SRTCP ([`protection`]):
+//! received ones are authenticated and decrypted in place before anything else looks
+//! at them (so only an authentic packet can latch the source), sent ones are protected
+//! last. Packets that fail are dropped and counted (`srtp_auth`, `srtp_replay`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -85,10 +87,14 @@ use super::rtcp::{
 use super::rtp::{
     clock_units, is_rtcp, RtpHeader, RtpPacket, SeqStatus, SeqTracker, FIXED_HEADER_LEN,
 };
+use super::srtp::MAX_OVERHEAD as SRTP_OVERHEAD;
 use crate::agent::{AgentLink, FromAgent, ToAgent};
 use crate::call::model::{AudioEncoding, DisconnectionReason};
 use crate::metrics;
 use crate::sip::sdp::{AudioCodec, Direction, Negotiated};
+use protection::Protection;
+
+mod protection;
 
 /// Our packetization bounds (the negotiated ptime is clamped into them).
 const MIN_PTIME: u32 = 10;
@@ -202,12 +208,17 @@ pub enum DropCause {
     Late,
     /// A message to the agent found its channel full.
     AgentBackpressure,
-    /// The socket refused an outgoing datagram.
+    /// The socket refused an outgoing datagram (or it could not be protected).
     SendFailed,
+    /// SRTP/SRTCP whose authentication tag did not verify (or plain RTP where SRTP was
+    /// negotiated).
+    SrtpAuth,
+    /// SRTP/SRTCP replayed, or older than the replay window.
+    SrtpReplay,
 }
 
 impl DropCause {
-    const ALL: [DropCause; 7] = [
+    const ALL: [DropCause; 9] = [
         DropCause::Malformed,
         DropCause::PayloadType,
         DropCause::ForeignSource,
@@ -215,6 +226,8 @@ impl DropCause {
         DropCause::Late,
         DropCause::AgentBackpressure,
         DropCause::SendFailed,
+        DropCause::SrtpAuth,
+        DropCause::SrtpReplay,
     ];
 
     pub fn label(self) -> &'static str {
@@ -226,6 +239,8 @@ impl DropCause {
             DropCause::Late => "late",
             DropCause::AgentBackpressure => "agent_backpressure",
             DropCause::SendFailed => "send_failed",
+            DropCause::SrtpAuth => "srtp_auth",
+            DropCause::SrtpReplay => "srtp_replay",
         }
     }
 }
@@ -1070,6 +1085,8 @@ struct Core {
     /// Hang-up drain deadline.
     draining: Option<Instant>,
     recv_errors: u32,
+    /// Plain RTP or SRTP, as negotiated.
+    protection: Protection,
     stats: MediaStats,
     meters: Meters,
 }
@@ -1086,10 +1103,8 @@ fn usable(addr: SocketAddr) -> Option<SocketAddr> {
 impl Core {
     fn new(cfg: SessionConfig, to_agent: mpsc::Sender<ToAgent>, now: Instant) -> Self {
         let params = StreamParams::from_negotiated(&cfg.negotiated);
-        if cfg.negotiated.srtp.is_some() {
-            tracing::warn!("SRTP was negotiated but is not implemented; sending plain RTP");
-        }
         Self {
+            protection: Protection::new(cfg.negotiated.srtp.as_ref()),
             inbound: InboundPath::new(params, cfg.agent_encoding, now),
             outbound: OutboundPath::new(
                 params,
@@ -1236,7 +1251,15 @@ impl Core {
                 Polled::Withheld => {}
                 Polled::Packet(p) => {
                     let Some(dest) = dest else { continue };
-                    match socket.send_rtp(p, dest) {
+                    let wire = match self.protection.outgoing_rtp(p) {
+                        Ok(wire) => wire,
+                        Err(cause) => {
+                            self.stats.packets_dropped += 1;
+                            self.meters.drops[cause as usize].increment(1);
+                            continue;
+                        }
+                    };
+                    match socket.send_rtp(wire, dest) {
                         Ok(_) => {
                             self.stats.packets_out += 1;
                             self.meters.packets_out.increment(1);
@@ -1301,9 +1324,7 @@ impl Core {
             self.latched = None;
             self.rtcp_latched = None;
         }
-        if n.srtp.is_some() {
-            tracing::warn!("SRTP was negotiated but is not implemented; sending plain RTP");
-        }
+        self.protection.update(n.srtp.as_ref());
         let params = StreamParams::from_negotiated(&n);
         self.inbound.reconfigure(params);
         for name in self.outbound.reconfigure(params) {
@@ -1352,7 +1373,7 @@ impl Core {
         None
     }
 
-    fn on_rtp_datagram(&mut self, buf: &[u8], src: SocketAddr, now: Instant) {
+    fn on_rtp_datagram(&mut self, buf: &mut [u8], src: SocketAddr, now: Instant) {
         if self.latched.is_some_and(|l| l != src) {
             if is_rtcp(buf) && self.latched.is_some_and(|l| l.ip() == src.ip()) {
                 self.on_rtcp_datagram(buf, src, now, true);
@@ -1365,7 +1386,11 @@ impl Core {
             self.on_rtcp_datagram(buf, src, now, true);
             return;
         }
-        let pkt = match RtpPacket::parse(buf) {
+        let len = match self.protection.incoming_rtp(buf) {
+            Ok(len) => len,
+            Err(cause) => return self.dropped(cause),
+        };
+        let pkt = match RtpPacket::parse(&buf[..len]) {
             Ok(p) => p,
             Err(_) => return self.dropped(DropCause::Malformed),
         };
@@ -1387,11 +1412,15 @@ impl Core {
         }
     }
 
-    fn on_rtcp_datagram(&mut self, buf: &[u8], src: SocketAddr, now: Instant, muxed: bool) {
+    fn on_rtcp_datagram(&mut self, buf: &mut [u8], src: SocketAddr, now: Instant, muxed: bool) {
         if self.latched.is_some_and(|l| l.ip() != src.ip()) {
             return self.dropped(DropCause::ForeignSource);
         }
-        let Ok(compound) = parse_compound(buf) else {
+        let len = match self.protection.incoming_rtcp(buf) {
+            Ok(len) => len,
+            Err(cause) => return self.dropped(cause),
+        };
+        let Ok(compound) = parse_compound(&buf[..len]) else {
             return self.dropped(DropCause::Malformed);
         };
         self.stats.rtcp_in += 1;
@@ -1415,7 +1444,7 @@ impl Core {
         let Some((dest, muxed)) = self.rtcp_dest() else {
             return;
         };
-        let mut buf = [0u8; 400];
+        let mut buf = [0u8; 400 + SRTP_OVERHEAD];
         let block = self.inbound.report_block(now);
         let blocks = block.as_slice();
         let (packets, octets) = self.outbound.sent();
@@ -1452,6 +1481,9 @@ impl Core {
             return;
         }
         let len = w.len();
+        let Ok(len) = self.protection.outgoing_rtcp(&mut buf, len) else {
+            return;
+        };
         let sent = if muxed {
             socket.send_rtp(&buf[..len], dest)
         } else {
@@ -1539,14 +1571,14 @@ async fn run(
             r = socket.rtp().recv_from(&mut rtp_buf) => match r {
                 Ok((len, src)) => {
                     core.recv_errors = 0;
-                    core.on_rtp_datagram(&rtp_buf[..len], src, Instant::now());
+                    core.on_rtp_datagram(&mut rtp_buf[..len], src, Instant::now());
                     None
                 }
                 Err(e) => core.on_recv_error(e),
             },
             r = socket.rtcp().recv_from(&mut rtcp_buf) => match r {
                 Ok((len, src)) => {
-                    core.on_rtcp_datagram(&rtcp_buf[..len], src, Instant::now(), false);
+                    core.on_rtcp_datagram(&mut rtcp_buf[..len], src, Instant::now(), false);
                     None
                 }
                 Err(e) => core.on_recv_error(e),

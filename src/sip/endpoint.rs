@@ -415,7 +415,11 @@ impl Endpoint {
         (via, branch)
     }
 
-    /// Our Contact URI for dialogs over `kind`.
+    /// Our Contact URI for dialogs over `kind`. Over TLS it is `sip:…;transport=tls`, not
+    /// `sips:`: peers dial us and trunks are dialled with `sip:` URIs (a `sips:` Contact is
+    /// only required when the Request-URI was `sips:`, RFC 3261 §8.1.1.8), and baresip
+    /// 1.0 (libre) ends a dialog whose remote target is `sips:` ("Function not
+    /// implemented") right after the 200.
     pub fn contact(&self, kind: Kind) -> String {
         let port = self
             .inner
@@ -427,7 +431,7 @@ impl Endpoint {
         match kind {
             Kind::Udp => format!("<sip:{host}:{port}>"),
             Kind::Tcp => format!("<sip:{host}:{port};transport=tcp>"),
-            Kind::Tls => format!("<sips:{host}:{port}>"),
+            Kind::Tls => format!("<sip:{host}:{port};transport=tls>"),
         }
     }
 

@@ -48,10 +48,33 @@ pub fn write_wav(path: &Path, rate: u32, samples: &[i16]) {
     std::fs::write(path, out).expect("write wav");
 }
 
+/// Writes `seconds` of the 1 kHz test tone at 16 kHz: baresip's microphone.
+pub fn write_tone_wav(path: &Path, seconds: usize) {
+    let tone: Vec<i16> = (0..16_000 * seconds)
+        .map(|i| {
+            let t = i as f64 / 16000.0;
+            (8000.0 * (2.0 * std::f64::consts::PI * super::audio::TONE_HZ * t).sin()) as i16
+        })
+        .collect();
+    write_wav(path, 16_000, &tone);
+}
+
 impl Baresip {
     /// Starts baresip in `dir` offering only the codecs of `codec_modules` (e.g. `["g722"]`),
     /// with `wav` (16 kHz mono) as its microphone. Waits until ctrl_tcp answers (≤ 10 s).
     pub async fn start(dir: &Path, codec_modules: &[&str], wav: &Path) -> Baresip {
+        Self::start_with(dir, codec_modules, wav, "", "").await
+    }
+
+    /// As [`Baresip::start`], with `account_params` appended to the account line (e.g.
+    /// `;mediaenc=srtp-mand`) and `extra_config` lines appended to the config.
+    pub async fn start_with(
+        dir: &Path,
+        codec_modules: &[&str],
+        wav: &Path,
+        account_params: &str,
+        extra_config: &str,
+    ) -> Baresip {
         super::require_tool("baresip");
         std::fs::create_dir_all(dir).unwrap();
         let sip_port = super::free_port_block(2); // baresip also takes port+1 for TLS
@@ -79,12 +102,17 @@ impl Baresip {
              module_app account.so\n\
              module_app menu.so\n\
              module_app ctrl_tcp.so\n\
-             ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n",
+             ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n\
+             {extra_config}",
             wav = wav.display(),
             rtp_hi = rtp_lo + 15,
         );
         std::fs::write(dir.join("config"), config).unwrap();
-        std::fs::write(dir.join("accounts"), "<sip:e2e@127.0.0.1>;regint=0\n").unwrap();
+        std::fs::write(
+            dir.join("accounts"),
+            format!("<sip:e2e@127.0.0.1>;regint=0{account_params}\n"),
+        )
+        .unwrap();
         std::fs::write(dir.join("contacts"), "").unwrap();
         let log_path = dir.join("baresip.log");
         let log = std::fs::File::create(&log_path).unwrap();

@@ -281,6 +281,18 @@ impl Engine {
         if !codecs.is_empty() {
             local.codecs = codecs;
         }
+        local.srtp = match super::srtp::policy(self.inner.settings.srtp, target.kind) {
+            Ok(policy) => policy,
+            Err(why) => {
+                warn!(
+                    kind = target.kind.as_str(),
+                    why, "outbound call not dialled"
+                );
+                return self
+                    .finish(&call_id, DisconnectionReason::DialFailed, None)
+                    .await;
+            }
+        };
         let offer = sdp::offer(&local);
         let request = self.trunk_invite(&call, &uri, &from, &to, target, &offer);
         let start = StartInfo {

@@ -1090,3 +1090,115 @@ fn outbound_pcm_chunks_split_mid_sample_lose_nothing() {
     assert!(out.is_drained());
     assert_eq!(out.poll(t0, true), Polled::Idle);
 }
+
+/// SDES keys as the engine would hand them over: ours protect what the session sends,
+/// the caller's unprotect what it receives.
+fn srtp_keys(suite: crate::sip::sdp::SrtpSuite) -> crate::sip::sdp::SrtpKeys {
+    crate::sip::sdp::SrtpKeys {
+        suite,
+        local_key_salt: (0..suite.key_salt_len() as u8).collect(),
+        remote_key_salt: (100..100 + suite.key_salt_len() as u8).collect(),
+    }
+}
+
+#[tokio::test]
+async fn srtp_both_ways_with_forgeries_and_replays_dropped_and_counted() {
+    use crate::media::srtp::{SrtpContext, MAX_OVERHEAD};
+    use crate::sip::sdp::SrtpSuite;
+    let keys = srtp_keys(SrtpSuite::AesCm128HmacSha1_80);
+    let mut h = start_with(AudioCodec::Pcmu, AudioEncoding::Mulaw8000, |cfg| {
+        cfg.negotiated.srtp = Some(keys.clone());
+    })
+    .await;
+    // The caller's side: it protects with its key and unprotects with ours.
+    let mut caller_tx = SrtpContext::new(keys.suite, &keys.remote_key_salt).unwrap();
+    let mut caller_rx = SrtpContext::new(keys.suite, &keys.local_key_salt).unwrap();
+
+    // A plain RTP packet first: it must not latch or reach the agent.
+    let plain = rtp_packet(0, 999, 0, 0x77, false, &[0xff; 160]);
+    h.rtp.send_to(&plain, h.media).await.unwrap();
+    let payloads = tone_payloads(CodecKind::Pcmu, 1000.0, 25);
+    let mut tick = tokio::time::interval(20 * MS);
+    let mut first = Vec::new();
+    for (i, p) in payloads.iter().enumerate() {
+        tick.tick().await;
+        let seq = 1000 + i as u16;
+        let mut pkt = rtp_packet(0, seq, 160 * u32::from(seq), 0x77, i == 0, p);
+        let len = pkt.len();
+        pkt.resize(len + MAX_OVERHEAD, 0);
+        let n = caller_tx.protect_rtp(&mut pkt, len).unwrap();
+        pkt.truncate(n);
+        h.rtp.send_to(&pkt, h.media).await.unwrap();
+        if i == 0 {
+            first = pkt;
+        }
+    }
+    // A replay of the first packet, and a forgery of the last.
+    h.rtp.send_to(&first, h.media).await.unwrap();
+    first[20] ^= 1;
+    h.rtp.send_to(&first, h.media).await.unwrap();
+
+    // The agent talks: what reaches the caller is SRTP under our key.
+    let tone_out = tone(1000.0, 8000, 8000, 0);
+    h.agent(FromAgent::Media(mulaw(&tone_out))).await;
+    let mut buf = [0u8; 2048];
+    let mut decoded: Vec<i16> = Vec::new();
+    // Silence may come first (the playout clock runs from the start): keep the voiced.
+    while decoded.len() < 160 * 10 {
+        let (n, _) = timeout(Duration::from_secs(2), h.rtp.recv_from(&mut buf))
+            .await
+            .expect("RTP from the session")
+            .unwrap();
+        if is_rtcp(&buf[..n]) {
+            continue;
+        }
+        assert!(
+            RtpPacket::parse(&buf[..n - 10]).is_ok(),
+            "the header is in clear"
+        );
+        let len = caller_rx
+            .unprotect_rtp(&mut buf[..n])
+            .expect("authentic SRTP");
+        let payload = RtpPacket::parse(&buf[..len]).unwrap().payload().to_vec();
+        let pcm = agent_pcm(AudioEncoding::Mulaw8000, &payload);
+        if !is_silent(&pcm) {
+            decoded.extend(pcm);
+        }
+    }
+    assert!(
+        tone_share(&decoded, 8000, 1000.0) > 0.9,
+        "the agent's tone, decrypted"
+    );
+
+    tokio::time::sleep(100 * MS).await;
+    let (outcome, msgs) = h.stop().await;
+    let heard = voiced(AudioEncoding::Mulaw8000, &media_frames(&msgs));
+    assert!(
+        heard.len() >= 160 * 15,
+        "the caller's audio reached the agent"
+    );
+    assert!(tone_share(&heard, 8000, 1000.0) > 0.9);
+    assert_eq!(outcome.stats.packets_in, 25);
+    assert_eq!(
+        outcome.stats.packets_dropped, 3,
+        "plain, replayed and forged"
+    );
+
+    // The closing RTCP (SR, SDES, BYE) is SRTCP under our key.
+    let bye = loop {
+        let (n, _) = timeout(Duration::from_secs(1), h.rtcp.recv_from(&mut buf))
+            .await
+            .expect("RTCP at the end")
+            .unwrap();
+        let len = caller_rx
+            .unprotect_rtcp(&mut buf[..n])
+            .expect("authentic SRTCP");
+        let has_bye = parse_compound(&buf[..len])
+            .unwrap()
+            .any(|p| matches!(p, RtcpPacket::Bye { .. }));
+        if has_bye {
+            break true;
+        }
+    };
+    assert!(bye);
+}
