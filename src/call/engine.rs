@@ -594,7 +594,10 @@ impl CallSetup {
     }
 
     async fn run(mut self, engine: Engine, mut inputs: mpsc::Receiver<CallInput>) {
-        let contact = engine.inner.endpoint.contact(self.live.kind);
+        let contact = engine
+            .inner
+            .endpoint
+            .dialog_contact(self.live.kind, self.live.dialog.secure);
         self.tx.respond(self.response(180, "Ringing", &contact));
 
         let agent = match engine.inner.store.get_agent(&self.live.call.agent_id).await {
@@ -971,7 +974,10 @@ impl Live {
         media: &MediaHandle,
     ) -> Option<Response> {
         self.local.session_version += 1;
-        let contact = engine.inner.endpoint.contact(self.kind);
+        let contact = engine
+            .inner
+            .endpoint
+            .dialog_contact(self.kind, self.dialog.secure);
         let mut ok = Response::for_request(req, 200, "OK", None);
         ok.headers.push("Contact", contact.as_str());
         ok.headers.push("Allow", ALLOW);
@@ -1055,7 +1061,10 @@ impl Live {
     async fn end(&mut self, engine: &Engine, ending: Ending) {
         let mut status = None;
         if ending.send_bye {
-            let contact = engine.inner.endpoint.contact(self.kind);
+            let contact = engine
+                .inner
+                .endpoint
+                .dialog_contact(self.kind, self.dialog.secure);
             let mut bye = self.dialog.request(Method::Bye, &contact, None);
             bye.headers.push(
                 "Reason",

@@ -41,6 +41,9 @@ pub struct Dialog {
     /// Where the INVITE came from. Requests go back along this flow (connection or
     /// address), as RFC 5626 does: trunks and phones behind NAT are reachable only there.
     pub flow: Target,
+    /// RFC 3261 §12.1: the INVITE went over TLS to a `sips:` Request-URI, so our Contact
+    /// must be `sips:` too.
+    pub secure: bool,
 }
 
 /// Why an INVITE cannot make a dialog.
@@ -56,6 +59,14 @@ pub enum DialogError {
     To,
     #[error("INVITE has no CSeq")]
     CSeq,
+}
+
+fn is_secure(invite: &Request, flow: Target) -> bool {
+    flow.kind == crate::sip::transport::Kind::Tls
+        && invite
+            .uri
+            .get(..5)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("sips:"))
 }
 
 impl Dialog {
@@ -97,6 +108,7 @@ impl Dialog {
             // Our own CSeq space starts anywhere (§8.1.1.5); a small random start is common.
             local_cseq: rand::random::<u16>() as u32 + 1,
             remote_cseq,
+            secure: is_secure(invite, flow),
             flow,
         })
     }
@@ -135,6 +147,7 @@ impl Dialog {
             route_set,
             local_cseq,
             remote_cseq: 0,
+            secure: is_secure(invite, flow),
             flow,
         })
     }
@@ -263,6 +276,20 @@ Content-Length: 0\r\n\r\n";
         let first = bye.cseq().unwrap().seq;
         let again = d.request(Method::Bye, "", None);
         assert_eq!(again.cseq().unwrap().seq, first + 1);
+    }
+
+    #[test]
+    fn secure_only_for_sips_over_tls() {
+        let tls = Target {
+            kind: Kind::Tls,
+            ..flow()
+        };
+        assert!(!Dialog::from_invite(&invite(), "t", flow()).unwrap().secure);
+        assert!(!Dialog::from_invite(&invite(), "t", tls).unwrap().secure);
+        let mut sips = invite();
+        sips.uri = "SIPS:abc@dialtone.example".to_string();
+        assert!(Dialog::from_invite(&sips, "t", tls).unwrap().secure);
+        assert!(!Dialog::from_invite(&sips, "t", flow()).unwrap().secure);
     }
 
     #[test]

@@ -415,6 +415,21 @@ impl Endpoint {
         (via, branch)
     }
 
+    /// Our Contact in a dialog: `sips:` when the dialog is secure (RFC 3261 §8.1.1.8),
+    /// else as [`Self::contact`].
+    pub fn dialog_contact(&self, kind: Kind, secure: bool) -> String {
+        if !secure {
+            return self.contact(kind);
+        }
+        let port = self
+            .inner
+            .transports
+            .local_addr(kind)
+            .map(|a| a.port())
+            .unwrap_or(5061);
+        format!("<sips:{}:{port}>", host_for_uri(&self.inner.public_host))
+    }
+
     /// Our Contact URI for dialogs over `kind`. Over TLS it is `sip:…;transport=tls`, not
     /// `sips:`: peers dial us and trunks are dialled with `sip:` URIs (a `sips:` Contact is
     /// only required when the Request-URI was `sips:`, RFC 3261 §8.1.1.8), and baresip
