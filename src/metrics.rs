@@ -85,6 +85,17 @@ pub fn media_packets_counter(direction: &'static str) -> metrics::Counter {
     counter!("dialtone_media_packets_total", "direction" => direction)
 }
 
+/// 20 ms media slots passed over because a media task fell behind its clock, by `path`:
+/// `in` (caller audio the agent never got), `out` (packets never sent to the caller).
+pub fn media_clock_slips_counter(path: &'static str) -> metrics::Counter {
+    counter!("dialtone_media_clock_slips_total", "path" => path)
+}
+
+/// Agent audio dropped because the agent sent it too far ahead of real time, in ms.
+pub fn media_agent_overflow_counter() -> metrics::Counter {
+    counter!("dialtone_media_agent_audio_overflow_ms_total")
+}
+
 /// Time from an RTP packet's arrival to its audio being handed to the agent bridge: jitter
 /// buffering, tick alignment and transcoding. The figure the media benchmark reports.
 pub fn media_rtp_to_agent_histogram() -> metrics::Histogram {

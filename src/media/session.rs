@@ -176,6 +176,12 @@ pub struct MediaStats {
     /// Frames of caller audio replaced by silence (loss, gaps).
     pub concealed_frames: u64,
     pub dtmf_in: u64,
+    /// 20 ms slots passed over because the task fell behind the clock: caller frames the
+    /// agent never got (`in`), packets never sent to the caller (`out`).
+    pub clock_slips_in: u64,
+    pub clock_slips_out: u64,
+    /// Agent audio dropped because too much was queued ahead of real time, in ms.
+    pub agent_overflow_ms: u64,
 }
 
 /// How a session ended.
@@ -908,6 +914,14 @@ impl OutboundPath {
         (self.packets, self.octets)
     }
 
+    /// Frame slots passed over after stalls (packets never sent), and agent audio dropped
+    /// for want of queue room, in ms.
+    pub fn losses(&self) -> (u64, u64) {
+        let stats = self.playout.stats();
+        let rate = u64::from(self.params.codec.sample_rate()).max(1);
+        (stats.skipped_frames, stats.overflow_samples * 1000 / rate)
+    }
+
     /// Our stream's RTP timestamp at `now` (for SR), extrapolated from the last frame.
     pub fn rtp_timestamp_at(&self, now: Instant) -> u32 {
         match self.last {
@@ -983,6 +997,8 @@ struct Ticker {
     start: Instant,
     interval: Duration,
     next: u64,
+    /// Ticks passed over after stalls.
+    skipped: u64,
 }
 
 impl Ticker {
@@ -1004,6 +1020,7 @@ impl Ticker {
         let due_count =
             u64::try_from(elapsed / self.interval.as_nanos().max(1) + 1).unwrap_or(u64::MAX);
         if due_count - self.next > TICK_BURST {
+            self.skipped += due_count - TICK_BURST - self.next;
             self.next = due_count - TICK_BURST;
         }
         self.next += 1;
@@ -1026,6 +1043,9 @@ struct Meters {
     packets_in: ::metrics::Counter,
     packets_out: ::metrics::Counter,
     rtp_to_agent: ::metrics::Histogram,
+    slips_in: ::metrics::Counter,
+    slips_out: ::metrics::Counter,
+    overflow_ms: ::metrics::Counter,
 }
 
 impl Meters {
@@ -1035,6 +1055,9 @@ impl Meters {
             packets_in: metrics::media_packets_counter("in"),
             packets_out: metrics::media_packets_counter("out"),
             rtp_to_agent: metrics::media_rtp_to_agent_histogram(),
+            slips_in: metrics::media_clock_slips_counter("in"),
+            slips_out: metrics::media_clock_slips_counter("out"),
+            overflow_ms: metrics::media_agent_overflow_counter(),
         }
     }
 }
@@ -1118,6 +1141,7 @@ impl Core {
                 start: now,
                 interval: Duration::from_millis(u64::from(params.ptime)),
                 next: 0,
+                skipped: 0,
             },
             negotiated: cfg.negotiated,
             no_audio_timeout: cfg.no_audio_timeout,
@@ -1181,6 +1205,26 @@ impl Core {
                 .remote_rtcp
                 .and_then(usable)
                 .map(|a| (a, false)),
+        }
+    }
+
+    /// Brings the slip and overflow counters up to date: audio lost to a late task or to
+    /// an agent far ahead of real time is counted, never silent. A few compares per tick.
+    fn account_losses(&mut self) {
+        let slips_in = self.in_clock.skipped;
+        let (slips_out, overflow_ms) = self.outbound.losses();
+        let stats = &mut self.stats;
+        if slips_in > stats.clock_slips_in {
+            self.meters.slips_in.increment(slips_in - stats.clock_slips_in);
+            stats.clock_slips_in = slips_in;
+        }
+        if slips_out > stats.clock_slips_out {
+            self.meters.slips_out.increment(slips_out - stats.clock_slips_out);
+            stats.clock_slips_out = slips_out;
+        }
+        if overflow_ms > stats.agent_overflow_ms {
+            self.meters.overflow_ms.increment(overflow_ms - stats.agent_overflow_ms);
+            stats.agent_overflow_ms = overflow_ms;
         }
     }
 
@@ -1273,6 +1317,7 @@ impl Core {
                 }
             }
         }
+        self.account_losses();
         while let Some(name) = self.outbound.poll_mark() {
             self.tell_agent(ToAgent::MarkPlayed(name));
         }

@@ -753,6 +753,33 @@ async fn early_media_reaches_the_agent_and_waits_for_the_answer() {
 }
 
 #[tokio::test]
+async fn stalls_and_agent_overflow_are_counted_not_silent() {
+    let mut h = start(AudioCodec::Pcmu, AudioEncoding::Mulaw8000).await;
+    // 62 s of agent audio at once: 2 s of it cannot fit the 60 s queue.
+    h.agent(FromAgent::Media(vec![0x55; 8000 * 62])).await;
+    send_stream(
+        &h.rtp,
+        h.media,
+        0,
+        8,
+        &tone_payloads(CodecKind::Pcmu, 1000.0, 5),
+    )
+    .await;
+    // This test's runtime has one thread: blocking it stalls the media task for 300 ms,
+    // 15 slots, of which it may catch up 3 in a burst.
+    std::thread::sleep(300 * MS);
+    tokio::time::sleep(100 * MS).await;
+    let (outcome, _) = h.stop().await;
+    let stats = outcome.stats;
+    assert!(stats.clock_slips_in >= 10, "{stats:?}");
+    assert!(stats.clock_slips_out >= 10, "{stats:?}");
+    assert!(
+        (1800..=2000).contains(&stats.agent_overflow_ms),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test]
 async fn no_rtp_at_all_ends_with_no_audio_received() {
     let mut h = start_with(AudioCodec::Pcmu, AudioEncoding::Mulaw8000, |c| {
         c.no_audio_timeout = 250 * MS;
