@@ -268,17 +268,19 @@ for N in "${NS[@]}"; do
         LOST="n/a (sent $SENT)"
     fi
     JB_LOST=$(sum_metric "$DIR/metrics.txt" '^dialtone_(media_dropped|agent_frames_dropped)_total')
+    SLIPS_IN=$(sum_metric "$DIR/metrics.txt" '^dialtone_media_clock_slips_total[{]path="in"[}]')
+    SLIPS_OUT=$(sum_metric "$DIR/metrics.txt" '^dialtone_media_clock_slips_total[{]path="out"[}]')
     read -r R50 R99 RCOUNT RMEAN < <(metric_percentiles "$DIR/metrics_busy.txt" dialtone_media_rtp_to_agent_seconds)
     read -r I50 I99 ICOUNT < <(invite_to_200 "$DIR/messages.log")
     OKC=$(awk -F'|' '/Successful call/ {gsub(/ /, "", $3); print $3}' "$DIR/screen.log" | tail -1)
     FAILC=$(awk -F'|' '/Failed call/ {gsub(/ /, "", $3); print $3}' "$DIR/screen.log" | tail -1)
-    ROWS+=("| $N | ${OKC:-?} / ${FAILC:-?} (sipp exit $SIPP_RC) | $MACHINE_BUSY | $CPU_PCT | $CPU_PER_CALL | $((RSS_IDLE / 1024)) → $((RSS_BUSY / 1024)) | $RSS_PER_CALL | $LOST | ${JB_LOST:-n/a} | ${BACK:-?} | $KDROP | $R50 / $R99 (mean $RMEAN) | $I50 / $I99 |")
+    ROWS+=("| $N | ${OKC:-?} / ${FAILC:-?} (sipp exit $SIPP_RC) | $MACHINE_BUSY | $CPU_PCT | $CPU_PER_CALL | $((RSS_IDLE / 1024)) → $((RSS_BUSY / 1024)) | $RSS_PER_CALL | $LOST | ${JB_LOST:-n/a} | ${SLIPS_IN:-0} / ${SLIPS_OUT:-0} | ${BACK:-?} | $KDROP | $R50 / $R99 (mean $RMEAN) | $I50 / $I99 |")
     echo "  sent by SIPp: $SENT (expected ~$((N * PCAP_PKTS))), back to SIPp: $BACK, dialtone counted in: ${RECEIVED:-n/a}" >&2
 done
 
 echo
 echo "dialtone load: $(nproc) cores (shared with SIPp and the agent), ${HOLD_S} s per call, PCMU both ways through the $AGENT_KIND echo agent (mulaw_8000), set-up rate ${RATE}/s"
 echo
-echo "| N | calls ok / failed | machine CPU busy % (all cores) | dialtone CPU % of a core | CPU %/call | RSS MiB idle → busy | RSS KiB/call | RTP lost (sent − counted in) | dialtone media/agent dropped counters | RTP back to SIPp | tcpdump kernel drops | RTP→ws p50 / p99 ms | INVITE→200 p50/p99 ms |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| N | calls ok / failed | machine CPU busy % (all cores) | dialtone CPU % of a core | CPU %/call | RSS MiB idle → busy | RSS KiB/call | RTP lost (sent − counted in) | dialtone media/agent dropped counters | clock slips in / out | RTP back to SIPp | tcpdump kernel drops | RTP→ws p50 / p99 ms | INVITE→200 p50/p99 ms |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for r in "${ROWS[@]}"; do echo "$r"; done
