@@ -1,5 +1,6 @@
 //! A retransmitted INVITE (same branch) is absorbed by its server transaction: it gets the
-//! same final response again (same To tag) and nothing is created twice.
+//! same final response again (same To tag) and nothing is created twice; so is a
+//! retransmitted OPTIONS after its transaction handed its 200 to the endpoint's table.
 
 mod common;
 
@@ -153,4 +154,44 @@ fn back_to_back_duplicate_invite_is_one_transaction() {
         "one transaction, one 404:\n{}",
         m.text
     );
+}
+
+/// A finished OPTIONS over UDP no longer holds a transaction task for Timer J's 32 s: the
+/// endpoint keeps its response in a table and answers the retransmission from there.
+#[test]
+fn retransmitted_options_after_its_200_gets_the_same_200_without_a_live_task() {
+    let server = Server::start();
+    let client = UdpClient::new(server.udp_addr());
+    let options = Request::options(Transport::Udp, client.local());
+    let bytes = options.to_bytes();
+    client.send(&bytes);
+    let first = client.final_response(Duration::from_secs(5));
+    assert_eq!(first.code, 200, "{}", first.text());
+    std::thread::sleep(Duration::from_millis(300));
+    let m = server.metrics();
+    let live = m.sum(
+        "dialtone_sip_transactions",
+        &[("kind", "server_non_invite")],
+    );
+    assert_eq!(live, 0.0, "no task waits out Timer J:\n{}", m.text);
+
+    client.send(&bytes);
+    let second = client.final_response(Duration::from_secs(5));
+    assert_eq!(second.code, 200, "{}", second.text());
+    assert_eq!(
+        first.to_tag(),
+        second.to_tag(),
+        "the retransmission gets the same response"
+    );
+    let m = server.metrics();
+    let absorbed = m.sum(
+        "dialtone_sip_retransmissions_total",
+        &[("direction", "absorbed"), ("transport", "UDP")],
+    );
+    let ok_out = m.sum(
+        "dialtone_sip_messages_out_total",
+        &[("kind", "200"), ("transport", "UDP")],
+    );
+    assert!(absorbed >= 1.0, "the copy was absorbed:\n{}", m.text);
+    assert_eq!(ok_out, 1.0, "one 200 produced:\n{}", m.text);
 }

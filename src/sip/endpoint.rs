@@ -20,6 +20,7 @@ use tracing::{debug, info, trace, warn};
 use crate::config::{SipLimits, TimerSettings};
 use crate::metrics;
 use crate::sip::message::{self, Limits, Method, ParseError, Request, Response, SipMessage};
+use crate::sip::transaction::completed::{CompletedTable, Finished};
 use crate::sip::transaction::{
     ClientInvite, ClientKey, ClientNonInvite, ClientNonInviteState, RequestIds, ServerInvite,
     ServerInviteState, ServerKey, ServerNonInvite, ServerNonInviteState, Transaction, TransmitKind,
@@ -108,6 +109,8 @@ struct Inner {
     timers: TimerSettings,
     /// Live server transactions, by key. Signalling path only; never held across `.await`.
     server_txs: Mutex<HashMap<ServerKey, mpsc::Sender<TxInput>>>,
+    /// Finished non-INVITE transactions over UDP, waiting out Timer J without a task.
+    completed: Mutex<CompletedTable>,
     /// Transactions that must finish before a graceful shutdown may exit: those still
     /// waiting for the TU's final response or for the ACK of a non-2xx final.
     in_flight: AtomicUsize,
@@ -154,6 +157,7 @@ impl Endpoint {
                 },
                 timers,
                 server_txs: Mutex::new(HashMap::new()),
+                completed: Mutex::new(CompletedTable::default()),
                 in_flight: AtomicUsize::new(0),
                 in_flight_changed: tokio::sync::Notify::new(),
                 draining,
@@ -341,6 +345,20 @@ impl Endpoint {
             metrics::retransmission("absorbed", transport);
             trace!(source = %msg.source, method = req.method.as_str(), "retransmission absorbed");
             self.deliver(&tx, TxInput::Retransmission, transport);
+            return;
+        }
+        let finished = lock(&self.inner.completed).get(&key, Instant::now().into_std());
+        if let Some(finished) = finished {
+            metrics::retransmission("absorbed", transport);
+            trace!(source = %msg.source, method = req.method.as_str(), "retransmission of a finished request answered");
+            if let Err(err) = self
+                .inner
+                .transports
+                .send(finished.target, finished.response)
+                .await
+            {
+                debug!(%err, "response not sent");
+            }
             return;
         }
         let in_dialog = req.to_tag().is_some();
@@ -923,7 +941,7 @@ impl TxTask {
         loop {
             self.flush(transport).await;
             self.update_in_flight();
-            if self.is_terminated() {
+            if self.is_terminated() || self.hand_off_completed() {
                 break;
             }
             let deadline = self.poll_timeout();
@@ -1028,6 +1046,25 @@ impl TxTask {
 
     fn poll_timeout(&mut self) -> Option<std::time::Instant> {
         self.machine().poll_timeout()
+    }
+
+    /// A non-INVITE transaction that sent its final response over UDP only waits for
+    /// request retransmissions until Timer J: leave that to the endpoint's table (entered
+    /// before the task's own entry goes, so no retransmission finds neither) and end.
+    fn hand_off_completed(&mut self) -> bool {
+        let ServerTx::NonInvite(m) = &self.machine else {
+            return false;
+        };
+        let Some((response, expires)) = m.completed() else {
+            return false;
+        };
+        let finished = Finished {
+            response,
+            target: self.target,
+        };
+        let now = Instant::now().into_std();
+        lock(&self.endpoint.inner.completed).insert(self.key.clone(), finished, expires, now);
+        true
     }
 
     fn is_terminated(&mut self) -> bool {

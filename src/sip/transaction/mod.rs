@@ -45,6 +45,7 @@
 
 mod client_invite;
 mod client_non_invite;
+pub mod completed;
 pub mod key;
 mod server_invite;
 mod server_non_invite;

@@ -73,6 +73,16 @@ impl ServerNonInvite {
         }
     }
 
+    /// In Completed over an unreliable transport: the final response and when Timer J
+    /// fires. All the transaction still does is resend that response until then, which
+    /// the endpoint can do without the machine (see [`super::completed`]).
+    pub fn completed(&self) -> Option<(Bytes, Instant)> {
+        match &self.phase {
+            Phase::Completed { response } => Some((response.clone(), self.poll_timeout()?)),
+            _ => None,
+        }
+    }
+
     /// A retransmission of the request arrived. Always absorbed; in Proceeding and Completed
     /// the last response is sent again, in Trying there is nothing to send yet.
     pub fn on_request(&mut self, _now: Instant) -> Disposition {
