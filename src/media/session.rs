@@ -1215,15 +1215,21 @@ impl Core {
         let (slips_out, overflow_ms) = self.outbound.losses();
         let stats = &mut self.stats;
         if slips_in > stats.clock_slips_in {
-            self.meters.slips_in.increment(slips_in - stats.clock_slips_in);
+            self.meters
+                .slips_in
+                .increment(slips_in - stats.clock_slips_in);
             stats.clock_slips_in = slips_in;
         }
         if slips_out > stats.clock_slips_out {
-            self.meters.slips_out.increment(slips_out - stats.clock_slips_out);
+            self.meters
+                .slips_out
+                .increment(slips_out - stats.clock_slips_out);
             stats.clock_slips_out = slips_out;
         }
         if overflow_ms > stats.agent_overflow_ms {
-            self.meters.overflow_ms.increment(overflow_ms - stats.agent_overflow_ms);
+            self.meters
+                .overflow_ms
+                .increment(overflow_ms - stats.agent_overflow_ms);
             stats.agent_overflow_ms = overflow_ms;
         }
     }
