@@ -88,6 +88,57 @@ async fn call_setup(
     (server, tls_port, agent, call_id, ua)
 }
 
+/// After a call between baresip (`srtp-mand`, sndfile recording into `dumps`) and the echo
+/// agent: baresip keyed SRTP and decrypted everything, the agent heard baresip's tone
+/// (dialtone decrypted it), neither direction on the wire is the tone in clear `codec`,
+/// and baresip heard the echo (it decrypted dialtone's SRTP).
+async fn assert_srtp_both_ways(
+    ua: &Baresip,
+    agent: &TestAgent,
+    encoding: &str,
+    packets: &[UdpPacket],
+    codec: CodecKind,
+    dumps: &Path,
+) {
+    let log = ua.log();
+    assert!(
+        log.contains("SRTP is Enabled"),
+        "baresip keyed SRTP:\n{log}"
+    );
+    assert!(
+        !log.contains("failed to decrypt"),
+        "baresip decrypted everything:\n{log}"
+    );
+    let heard = agent_heard(agent, encoding).await;
+    assert!(
+        heard.tone_seconds() >= 2.0,
+        "the agent should hear the tone: {heard:?}"
+    );
+    let (sent, clear) = wire_tone(packets, ua.rtp_ports, true, codec);
+    assert!(sent >= 100, "baresip sent its audio ({sent} packets)");
+    assert_eq!(
+        clear.tone_frames, 0,
+        "baresip → dialtone is not plain {codec:?}: {clear:?}"
+    );
+    let (back, clear) = wire_tone(packets, ua.rtp_ports, false, codec);
+    assert!(back >= 100, "dialtone sent the echo ({back} packets)");
+    assert_eq!(
+        clear.tone_frames, 0,
+        "dialtone → baresip is not plain {codec:?}: {clear:?}"
+    );
+    let echoed = baresip_heard(dumps, &log);
+    eprintln!(
+        "SRTP {codec:?}: agent heard {:.2} s of tone, baresip {:.2} s; on the wire {sent} + \
+         {back} packets, none of them the tone in clear",
+        heard.tone_seconds(),
+        echoed.tone_seconds()
+    );
+    assert!(
+        echoed.tone_seconds() >= 2.0,
+        "the echoed tone should reach baresip's speaker: {echoed:?}"
+    );
+}
+
 /// Reads a 16-bit mono WAV file (baresip's sndfile dumps): samples and rate.
 fn read_wav(path: &Path) -> (Vec<i16>, u32) {
     let raw = std::fs::read(path).unwrap();
@@ -215,43 +266,7 @@ async fn baresip_srtp_mandatory_over_tls_is_encrypted_both_ways() {
     let t0 = common_call::now_ms();
     let target = format!("sip:{call_id}@127.0.0.1:{tls_port};transport=tls");
     let packets = call_and_hang_up(&mut ua, &target, server.dir.path()).await;
-    let log = ua.log();
-    assert!(
-        log.contains("SRTP is Enabled"),
-        "baresip keyed SRTP:\n{log}"
-    );
-    assert!(
-        !log.contains("failed to decrypt"),
-        "baresip decrypted everything:\n{log}"
-    );
-
-    // The agent heard the caller: dialtone decrypted baresip's SRTP.
-    let heard = agent_heard(&agent, "pcm_16000").await;
-    assert!(
-        heard.tone_seconds() >= 2.0,
-        "the agent should hear the tone: {heard:?}"
-    );
-
-    // Nothing on the wire is the tone in clear, either way.
-    let (sent, clear) = wire_tone(&packets, ua.rtp_ports, true, CodecKind::G722);
-    assert!(sent >= 100, "baresip sent its audio ({sent} packets)");
-    assert_eq!(
-        clear.tone_frames, 0,
-        "baresip → dialtone is not plain G.722: {clear:?}"
-    );
-    let (back, clear) = wire_tone(&packets, ua.rtp_ports, false, CodecKind::G722);
-    assert!(back >= 100, "dialtone sent the echo ({back} packets)");
-    assert_eq!(
-        clear.tone_frames, 0,
-        "dialtone → baresip is not plain G.722: {clear:?}"
-    );
-
-    // baresip decrypted and decoded the echo: its recording of what it received.
-    let echoed = baresip_heard(&dumps, &log);
-    assert!(
-        echoed.tone_seconds() >= 2.0,
-        "the echoed tone should reach baresip's speaker: {echoed:?}"
-    );
+    assert_srtp_both_ways(&ua, &agent, "pcm_16000", &packets, CodecKind::G722, &dumps).await;
 
     let call = server
         .wait_call_final(&call_id, Duration::from_secs(10))
@@ -462,44 +477,5 @@ async fn outbound_call_to_a_tls_trunk_with_srtp_required_is_encrypted_both_ways(
     assert_eq!(call["call_status"], "ended", "{call}");
     assert_eq!(call["disconnection_reason"], "manual_stopped", "{call}");
 
-    let log = ua.log();
-    assert!(
-        log.contains("SRTP is Enabled"),
-        "baresip keyed SRTP:\n{log}"
-    );
-    assert!(
-        !log.contains("failed to decrypt"),
-        "baresip decrypted everything:\n{log}"
-    );
-    // dialtone decrypted the trunk's SRTP: the agent heard the tone.
-    let heard = agent_heard(&agent, "mulaw_8000").await;
-    assert!(
-        heard.tone_seconds() >= 2.0,
-        "the agent should hear the tone: {heard:?}"
-    );
-    // Neither direction on the wire is the tone in clear PCMU.
-    let (sent, clear) = wire_tone(&packets, ua.rtp_ports, true, CodecKind::Pcmu);
-    assert!(sent >= 100, "baresip sent its audio ({sent} packets)");
-    assert_eq!(
-        clear.tone_frames, 0,
-        "baresip → dialtone is not plain PCMU: {clear:?}"
-    );
-    let (back, clear) = wire_tone(&packets, ua.rtp_ports, false, CodecKind::Pcmu);
-    assert!(back >= 100, "dialtone sent the echo ({back} packets)");
-    assert_eq!(
-        clear.tone_frames, 0,
-        "dialtone → baresip is not plain PCMU: {clear:?}"
-    );
-    // baresip decrypted and decoded the echo.
-    let echoed = baresip_heard(&dumps, &log);
-    eprintln!(
-        "outbound SRTP: agent heard {:.2} s of tone, baresip {:.2} s; on the wire {sent} + \
-         {back} packets, none of them the tone in clear",
-        heard.tone_seconds(),
-        echoed.tone_seconds()
-    );
-    assert!(
-        echoed.tone_seconds() >= 2.0,
-        "the echoed tone should reach baresip's speaker: {echoed:?}"
-    );
+    assert_srtp_both_ways(&ua, &agent, "mulaw_8000", &packets, CodecKind::Pcmu, &dumps).await;
 }
