@@ -6,6 +6,10 @@
 //!   on the wire decodes as G.722 to the tone.
 //! - A plain RTP/AVP offer over TLS with `media.srtp = "optional"` still works, in clear.
 //! - An RTP/SAVP offer over UDP is refused with 488: its keys would travel in clear.
+//! - Outbound, baresip as the trunk: `create-phone-call` with `media.srtp = "required"`
+//!   dials it over TLS (its certificate from a test CA that `tls.client_ca` names), the
+//!   offer is RTP/SAVP, baresip (`srtp-mand`, auto-answer) plays the tone, and the call is
+//!   SRTP both ways until stop-call ends it `manual_stopped`.
 
 mod common_call;
 
@@ -15,7 +19,7 @@ use std::time::Duration;
 
 use common_call::agent::{Mode, TestAgent};
 use common_call::audio::{agent_media_to_pcm, decode_rtp, find_tone, ToneReport, TONE_HZ};
-use common_call::baresip::{write_tone_wav, Baresip};
+use common_call::baresip::{write_tone_wav, write_tone_wav_at, Baresip};
 use common_call::capture::Capture;
 use common_call::pcap::{Rtp, UdpPacket};
 use common_call::Dialtone;
@@ -84,6 +88,57 @@ async fn call_setup(
     (server, tls_port, agent, call_id, ua)
 }
 
+/// After a call between baresip (`srtp-mand`, sndfile recording into `dumps`) and the echo
+/// agent: baresip keyed SRTP and decrypted everything, the agent heard baresip's tone
+/// (dialtone decrypted it), neither direction on the wire is the tone in clear `codec`,
+/// and baresip heard the echo (it decrypted dialtone's SRTP).
+async fn assert_srtp_both_ways(
+    ua: &Baresip,
+    agent: &TestAgent,
+    encoding: &str,
+    packets: &[UdpPacket],
+    codec: CodecKind,
+    dumps: &Path,
+) {
+    let log = ua.log();
+    assert!(
+        log.contains("SRTP is Enabled"),
+        "baresip keyed SRTP:\n{log}"
+    );
+    assert!(
+        !log.contains("failed to decrypt"),
+        "baresip decrypted everything:\n{log}"
+    );
+    let heard = agent_heard(agent, encoding).await;
+    assert!(
+        heard.tone_seconds() >= 2.0,
+        "the agent should hear the tone: {heard:?}"
+    );
+    let (sent, clear) = wire_tone(packets, ua.rtp_ports, true, codec);
+    assert!(sent >= 100, "baresip sent its audio ({sent} packets)");
+    assert_eq!(
+        clear.tone_frames, 0,
+        "baresip → dialtone is not plain {codec:?}: {clear:?}"
+    );
+    let (back, clear) = wire_tone(packets, ua.rtp_ports, false, codec);
+    assert!(back >= 100, "dialtone sent the echo ({back} packets)");
+    assert_eq!(
+        clear.tone_frames, 0,
+        "dialtone → baresip is not plain {codec:?}: {clear:?}"
+    );
+    let echoed = baresip_heard(dumps, &log);
+    eprintln!(
+        "SRTP {codec:?}: agent heard {:.2} s of tone, baresip {:.2} s; on the wire {sent} + \
+         {back} packets, none of them the tone in clear",
+        heard.tone_seconds(),
+        echoed.tone_seconds()
+    );
+    assert!(
+        echoed.tone_seconds() >= 2.0,
+        "the echoed tone should reach baresip's speaker: {echoed:?}"
+    );
+}
+
 /// Reads a 16-bit mono WAV file (baresip's sndfile dumps): samples and rate.
 fn read_wav(path: &Path) -> (Vec<i16>, u32) {
     let raw = std::fs::read(path).unwrap();
@@ -100,8 +155,24 @@ fn read_wav(path: &Path) -> (Vec<i16>, u32) {
     (pcm, rate)
 }
 
-/// The tone in the G.722 carried by `packets` from `from_ports` (or to them).
-fn wire_tone(packets: &[UdpPacket], ports: (u16, u16), from_baresip: bool) -> (usize, ToneReport) {
+/// The tone in baresip's sndfile recording of what it received (decrypted, decoded).
+fn baresip_heard(dumps: &Path, log: &str) -> ToneReport {
+    let dec = std::fs::read_dir(dumps)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .unwrap_or_else(|| panic!("no sndfile dump of received audio in {dumps:?}:\n{log}"));
+    let (pcm, rate) = read_wav(&dec);
+    find_tone(&pcm, rate, TONE_HZ, 0.5, 300.0)
+}
+
+/// The tone in the `codec` audio carried by `packets` from baresip's `ports` (or to them).
+fn wire_tone(
+    packets: &[UdpPacket],
+    ports: (u16, u16),
+    from_baresip: bool,
+    codec: CodecKind,
+) -> (usize, ToneReport) {
     let rtp: Vec<Rtp> = packets
         .iter()
         .filter(|p| {
@@ -118,13 +189,13 @@ fn wire_tone(packets: &[UdpPacket], ports: (u16, u16), from_baresip: bool) -> (u
             (ports.0..=ports.1).contains(&port) && !(ports.0..=ports.1).contains(&other)
         })
         .filter_map(|p| Rtp::parse(&p.payload))
-        .filter(|r| r.pt == 9)
+        .filter(|r| r.pt == codec.payload_type())
         .collect();
     (
         rtp.len(),
         find_tone(
-            &decode_rtp(CodecKind::G722, &rtp),
-            16000,
+            &decode_rtp(codec, &rtp),
+            codec.sample_rate(),
             TONE_HZ,
             0.5,
             300.0,
@@ -164,14 +235,14 @@ async fn call_and_hang_up(ua: &mut Baresip, target: &str, dir: &Path) -> Vec<Udp
     capture.stop().await
 }
 
-/// The agent's single accepted stream, as 16 kHz PCM.
-async fn agent_heard(agent: &TestAgent) -> ToneReport {
+/// The tone in the agent's single accepted stream (media in `encoding`).
+async fn agent_heard(agent: &TestAgent, encoding: &str) -> ToneReport {
     let conns = agent
         .wait_until(Duration::from_secs(5), |c| c.iter().all(|c| c.finished))
         .await;
     let accepted: Vec<_> = conns.iter().filter(|c| !c.refused).collect();
     assert_eq!(accepted.len(), 1, "one agent websocket: {conns:?}");
-    let (pcm, rate) = agent_media_to_pcm("pcm_16000", &accepted[0].media_payloads());
+    let (pcm, rate) = agent_media_to_pcm(encoding, &accepted[0].media_payloads());
     find_tone(&pcm, rate, TONE_HZ, 0.5, 300.0)
 }
 
@@ -195,49 +266,7 @@ async fn baresip_srtp_mandatory_over_tls_is_encrypted_both_ways() {
     let t0 = common_call::now_ms();
     let target = format!("sip:{call_id}@127.0.0.1:{tls_port};transport=tls");
     let packets = call_and_hang_up(&mut ua, &target, server.dir.path()).await;
-    let log = ua.log();
-    assert!(
-        log.contains("SRTP is Enabled"),
-        "baresip keyed SRTP:\n{log}"
-    );
-    assert!(
-        !log.contains("failed to decrypt"),
-        "baresip decrypted everything:\n{log}"
-    );
-
-    // The agent heard the caller: dialtone decrypted baresip's SRTP.
-    let heard = agent_heard(&agent).await;
-    assert!(
-        heard.tone_seconds() >= 2.0,
-        "the agent should hear the tone: {heard:?}"
-    );
-
-    // Nothing on the wire is the tone in clear, either way.
-    let (sent, clear) = wire_tone(&packets, ua.rtp_ports, true);
-    assert!(sent >= 100, "baresip sent its audio ({sent} packets)");
-    assert_eq!(
-        clear.tone_frames, 0,
-        "baresip → dialtone is not plain G.722: {clear:?}"
-    );
-    let (back, clear) = wire_tone(&packets, ua.rtp_ports, false);
-    assert!(back >= 100, "dialtone sent the echo ({back} packets)");
-    assert_eq!(
-        clear.tone_frames, 0,
-        "dialtone → baresip is not plain G.722: {clear:?}"
-    );
-
-    // baresip decrypted and decoded the echo: its recording of what it received.
-    let dec = std::fs::read_dir(&dumps)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .unwrap_or_else(|| panic!("no sndfile dump of received audio in {dumps:?}:\n{log}"));
-    let (pcm, rate) = read_wav(&dec);
-    let echoed = find_tone(&pcm, rate, TONE_HZ, 0.5, 300.0);
-    assert!(
-        echoed.tone_seconds() >= 2.0,
-        "the echoed tone should reach baresip's speaker: {echoed:?}"
-    );
+    assert_srtp_both_ways(&ua, &agent, "pcm_16000", &packets, CodecKind::G722, &dumps).await;
 
     let call = server
         .wait_call_final(&call_id, Duration::from_secs(10))
@@ -255,12 +284,12 @@ async fn a_plain_offer_over_tls_still_gets_plain_rtp_when_srtp_is_optional() {
     let target = format!("sip:{call_id}@127.0.0.1:{tls_port};transport=tls");
     let packets = call_and_hang_up(&mut ua, &target, server.dir.path()).await;
 
-    let heard = agent_heard(&agent).await;
+    let heard = agent_heard(&agent, "pcm_16000").await;
     assert!(
         heard.tone_seconds() >= 2.0,
         "the agent should hear the tone: {heard:?}"
     );
-    let (_, clear) = wire_tone(&packets, ua.rtp_ports, false);
+    let (_, clear) = wire_tone(&packets, ua.rtp_ports, false, CodecKind::G722);
     assert!(
         clear.tone_seconds() >= 2.0,
         "the echo travels as plain G.722: {clear:?}"
@@ -298,4 +327,155 @@ async fn an_srtp_offer_over_udp_is_refused_with_488() {
         agent.connections().is_empty(),
         "no agent websocket for a refused offer"
     );
+}
+
+/// A throwaway CA and two leaf certificates it signed, for 127.0.0.1 and localhost: one
+/// for dialtone, one for baresip (the trunk). Returns (ca, dialtone cert, dialtone key,
+/// baresip's cert and key in one PEM, as its `sip_certificate` wants).
+fn ca_and_leaves(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "dialtone test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca_path = write("ca.pem", &ca.pem());
+    let (cert, key) = leaf("dialtone");
+    let (cert, key) = (write("dialtone.pem", &cert), write("dialtone.key", &key));
+    let (trunk_cert, trunk_key) = leaf("trunk");
+    let trunk = write("trunk.pem", &format!("{trunk_cert}{trunk_key}"));
+    (ca_path, cert, key, trunk)
+}
+
+/// The number the trunk test dials: baresip answers calls for this user only.
+const CALLEE: &str = "+14155550199";
+
+/// Outbound: dialtone (`media.srtp = "required"`) dials baresip, the trunk, over TLS with
+/// a certificate from the CA that `tls.client_ca` names; baresip insists on SRTP
+/// (`srtp-mand`), answers by itself and plays the tone; the echo agent sends it back.
+/// The call is SRTP both ways, PCMU; stop-call ends it `manual_stopped`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_call_to_a_tls_trunk_with_srtp_required_is_encrypted_both_ways() {
+    let certs = tempfile::tempdir().unwrap();
+    let dumps = certs.path().join("dumps");
+    std::fs::create_dir_all(&dumps).unwrap();
+    let (ca, cert, key, trunk_cert) = ca_and_leaves(certs.path());
+    let server = Dialtone::start_with(&[
+        (
+            "DIALTONE__SIP__TLS",
+            &format!("127.0.0.1:{}", common_call::free_tcp_port()),
+        ),
+        ("DIALTONE__TLS__CERT", &cert.display().to_string()),
+        ("DIALTONE__TLS__KEY", &key.display().to_string()),
+        ("DIALTONE__TLS__CLIENT_CA", &ca.display().to_string()),
+        ("DIALTONE__MEDIA__SRTP", "required"),
+    ])
+    .await;
+    let agent = TestAgent::start(Mode::Echo).await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+
+    let wav = server.dir.path().join("tone8k.wav");
+    write_tone_wav_at(&wav, 8000, 20);
+    let mut ua = Baresip::start_account(
+        &server.dir.path().join("baresip"),
+        &["g711", "srtp", "sndfile"],
+        &wav,
+        &format!("<sip:{CALLEE}@127.0.0.1>;regint=0;answermode=auto;mediaenc=srtp-mand"),
+        &format!(
+            "sip_certificate {}\nsip_cafile {}\nsnd_path {}\n",
+            trunk_cert.display(),
+            ca.display(),
+            dumps.display()
+        ),
+    )
+    .await;
+    // baresip listens for TLS on its SIP port + 1.
+    let trunk_tls = ua.sip_port + 1;
+    let (status, number) = server
+        .api(
+            "POST",
+            "/import-phone-number",
+            Some(serde_json::json!({
+                "phone_number": "+14155550140",
+                "termination_uri": format!("127.0.0.1:{trunk_tls}"),
+                "transport": "TLS",
+                "outbound_agent_id": agent_id,
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{number}");
+
+    let capture = Capture::start(
+        server.dir.path(),
+        "trunk-rtp",
+        &format!("udp and portrange {}-{}", ua.rtp_ports.0, ua.rtp_ports.1),
+    )
+    .await;
+    let (status, call) = server
+        .api(
+            "POST",
+            "/v2/create-phone-call",
+            Some(serde_json::json!({"from_number": "+14155550140", "to_number": CALLEE})),
+        )
+        .await;
+    assert_eq!(status, 201, "{call}");
+    let call_id = call["call_id"].as_str().unwrap().to_string();
+    let call = server
+        .wait_call_status(
+            &call_id,
+            &["ongoing", "ended", "error", "not_connected"],
+            Duration::from_secs(15),
+        )
+        .await;
+    assert_eq!(
+        call["call_status"],
+        "ongoing",
+        "the trunk call should connect: {call}\n{}",
+        ua.log()
+    );
+    assert_eq!(call["direction"], "outbound", "{call}");
+    assert_eq!(call["codec"], "PCMU", "{call}");
+    assert!(
+        ua.wait_event("CALL_ESTABLISHED", Duration::from_secs(5))
+            .await
+            .is_some(),
+        "baresip did not establish the call: {:?}\n{}",
+        ua.events,
+        ua.log()
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, body) = server
+        .api("POST", &format!("/v2/stop-call/{call_id}"), None)
+        .await;
+    assert_eq!(status, 204, "stop-call: {body}");
+    assert!(
+        ua.wait_event("CALL_CLOSED", Duration::from_secs(5))
+            .await
+            .is_some(),
+        "baresip did not see our BYE: {:?}",
+        ua.events
+    );
+    let packets = capture.stop().await;
+    let call = server
+        .wait_call_final(&call_id, Duration::from_secs(10))
+        .await;
+    assert_eq!(call["call_status"], "ended", "{call}");
+    assert_eq!(call["disconnection_reason"], "manual_stopped", "{call}");
+
+    assert_srtp_both_ways(&ua, &agent, "mulaw_8000", &packets, CodecKind::Pcmu, &dumps).await;
 }

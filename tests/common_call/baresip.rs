@@ -50,13 +50,19 @@ pub fn write_wav(path: &Path, rate: u32, samples: &[i16]) {
 
 /// Writes `seconds` of the 1 kHz test tone at 16 kHz: baresip's microphone.
 pub fn write_tone_wav(path: &Path, seconds: usize) {
-    let tone: Vec<i16> = (0..16_000 * seconds)
+    write_tone_wav_at(path, 16_000, seconds);
+}
+
+/// Writes `seconds` of the 1 kHz test tone at `rate` (baresip's aufile wants the rate of
+/// the codec it sends: 8 kHz for G.711).
+pub fn write_tone_wav_at(path: &Path, rate: u32, seconds: usize) {
+    let tone: Vec<i16> = (0..rate as usize * seconds)
         .map(|i| {
-            let t = i as f64 / 16000.0;
+            let t = i as f64 / f64::from(rate);
             (8000.0 * (2.0 * std::f64::consts::PI * super::audio::TONE_HZ * t).sin()) as i16
         })
         .collect();
-    write_wav(path, 16_000, &tone);
+    write_wav(path, rate, &tone);
 }
 
 impl Baresip {
@@ -73,6 +79,19 @@ impl Baresip {
         codec_modules: &[&str],
         wav: &Path,
         account_params: &str,
+        extra_config: &str,
+    ) -> Baresip {
+        let account = format!("<sip:e2e@127.0.0.1>;regint=0{account_params}");
+        Self::start_account(dir, codec_modules, wav, &account, extra_config).await
+    }
+
+    /// As [`Baresip::start_with`], with the whole `accounts` line given. baresip takes an
+    /// incoming INVITE only for an account whose user is the Request-URI's user.
+    pub async fn start_account(
+        dir: &Path,
+        codec_modules: &[&str],
+        wav: &Path,
+        account: &str,
         extra_config: &str,
     ) -> Baresip {
         super::require_tool("baresip");
@@ -108,11 +127,7 @@ impl Baresip {
             rtp_hi = rtp_lo + 15,
         );
         std::fs::write(dir.join("config"), config).unwrap();
-        std::fs::write(
-            dir.join("accounts"),
-            format!("<sip:e2e@127.0.0.1>;regint=0{account_params}\n"),
-        )
-        .unwrap();
+        std::fs::write(dir.join("accounts"), format!("{account}\n")).unwrap();
         std::fs::write(dir.join("contacts"), "").unwrap();
         let log_path = dir.join("baresip.log");
         let log = std::fs::File::create(&log_path).unwrap();
