@@ -126,6 +126,7 @@ struct RawTls {
     cert: String,
     key: String,
     client_ca: String,
+    trunk_ca: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,6 +323,9 @@ pub struct TlsSettings {
     pub key: PathBuf,
     /// When set, clients must present a certificate chaining to this CA.
     pub client_ca: Option<PathBuf>,
+    /// Trunks we dial over TLS are verified against the public web roots, plus this CA
+    /// (a private PKI) when set.
+    pub trunk_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -436,6 +440,20 @@ fn listen_addr(key: &'static str, value: &str) -> Result<Option<SocketAddr>, Con
         .parse()
         .map(Some)
         .map_err(|_| invalid(key, format!("'{value}' is not an ip:port listen address")))
+}
+
+/// An optional file setting: empty means unset; otherwise the file must exist.
+fn optional_file(key: &'static str, value: &str) -> Result<Option<PathBuf>, ConfigError> {
+    match value.trim() {
+        "" => Ok(None),
+        path => {
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                return Err(invalid(key, format!("no file at '{}'", path.display())));
+            }
+            Ok(Some(path))
+        }
+    }
 }
 
 fn positive_ms(key: &'static str, ms: u64) -> Result<Duration, ConfigError> {
@@ -559,23 +577,11 @@ impl RawSettings {
                     format!("no file at '{}'", key.display()),
                 ));
             }
-            let client_ca = match self.tls.client_ca.trim() {
-                "" => None,
-                ca => {
-                    let ca = PathBuf::from(ca);
-                    if !ca.is_file() {
-                        return Err(invalid(
-                            "tls.client_ca",
-                            format!("no file at '{}'", ca.display()),
-                        ));
-                    }
-                    Some(ca)
-                }
-            };
             Some(TlsSettings {
                 cert,
                 key,
-                client_ca,
+                client_ca: optional_file("tls.client_ca", &self.tls.client_ca)?,
+                trunk_ca: optional_file("tls.trunk_ca", &self.tls.trunk_ca)?,
             })
         };
 

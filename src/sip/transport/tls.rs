@@ -92,20 +92,17 @@ pub(crate) fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, Tran
     Ok(Arc::new(config))
 }
 
-/// The configuration for connections we open. Server certificates are verified against
-/// `client_ca` (the CA our peers' certificates come from); without it there are no trust
-/// anchors and outbound TLS fails closed. Our own chain is offered for peers that want
-/// mutual TLS.
+/// The configuration for connections we open (to trunks). Their certificates are verified
+/// against the public web roots, as a trunk provider's `*.pstn.example.com` certificate
+/// needs, plus `tls.trunk_ca` and `tls.client_ca` when set (a private PKI). Our own chain
+/// is offered for peers that want mutual TLS.
 pub(crate) fn client_config(tls: &TlsSettings) -> Result<Arc<ClientConfig>, TransportError> {
-    let roots = match &tls.client_ca {
-        Some(ca) => load_roots(ca)?,
-        None => {
-            tracing::info!(
-                "tls.client_ca is not set: outbound TLS has no trust anchors and will fail verification"
-            );
-            RootCertStore::empty()
-        }
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    for ca in [&tls.trunk_ca, &tls.client_ca].into_iter().flatten() {
+        roots.roots.extend(load_roots(ca)?.roots);
+    }
     let certs = load_certs(&tls.cert, "tls.cert")?;
     let key = load_key(&tls.key)?;
     let config = ClientConfig::builder_with_provider(provider())
