@@ -103,10 +103,15 @@ cargo --version
 rustc --version
 echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 
-# The integration tests read shared test data from ../shared (cloned next to this repo).
-if [ ! -f ../shared/testdata/rfc4475/MANIFEST.tsv ]; then
-    echo "warning: ../shared/testdata/rfc4475 not found; the RFC 4475 tests will fail" >&2
+# ---------------------------------------------------------------------------------------
+section "Self-contained"
+# A fresh clone has nothing beside it: the code and its tests may only read what is in the
+# repository (test data lives in tests/data).
+if grep -rnF '../shared' src tests benches; then
+    echo "the files above refer to ../shared, which a clone does not have; copy what they need into tests/data" >&2
+    exit 1
 fi
+echo "nothing under src/, tests/ or benches/ refers outside the repository"
 
 # ---------------------------------------------------------------------------------------
 section "cargo fmt --check"

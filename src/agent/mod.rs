@@ -1,5 +1,5 @@
 //! The agent side of a call: the websocket to the user's agent, speaking the Twilio Media
-//! Streams dialect (`../shared/design/AGENT_PROTOCOL.md`).
+//! Streams dialect, with dialtone's extensions.
 //!
 //! The media task talks to the bridge only through [`AgentLink`]'s two channels, so it
 //! knows nothing of websockets, and the bridge knows nothing of RTP.

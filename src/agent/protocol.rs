@@ -1,5 +1,5 @@
 //! The messages of the agent websocket, both ways, in the Twilio Media Streams dialect
-//! (`../shared/design/AGENT_PROTOCOL.md`).
+//! with dialtone's extensions (`hangup`, `send_dtmf`, `answered`).
 //!
 //! Server → agent messages ([`ServerMessage`]) are written exactly as Twilio writes them:
 //! counters (`sequenceNumber`, `chunk`, `timestamp`) are JSON *strings*, because bots

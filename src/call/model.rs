@@ -1,6 +1,6 @@
 //! The records that calls and agents are made of, shared by the store, the HTTP API, the
 //! call engine and the agent bridge. Field names and enumerations follow Retell's API
-//! (`../shared/design/API.md`), so the official SDK reads them unchanged.
+//! (its v2 call and agent objects), so the official SDK reads them unchanged.
 
 use std::collections::BTreeMap;
 

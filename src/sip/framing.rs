@@ -233,8 +233,7 @@ mod tests {
 
     #[test]
     fn torture_framing_cases() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/rfc4475");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rfc4475");
         let ncl = std::fs::read(dir.join("ncl.dat")).unwrap();
         assert!(matches!(next_frame(&ncl, 65535), Frame::Invalid { .. }));
         let mcl = std::fs::read(dir.join("mcl01.dat")).unwrap();

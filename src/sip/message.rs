@@ -1822,7 +1822,7 @@ mod tests {
         max_message_bytes: 65_535,
         max_headers: 256,
     };
-    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/rfc4475");
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/rfc4475");
 
     fn req(text: &str) -> Request {
         match parse(text.as_bytes(), &LIMITS) {

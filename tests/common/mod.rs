@@ -25,11 +25,8 @@ pub const API_KEY: &str = "testkey-123456";
 /// The repository root.
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-/// Test data shared between the project's repositories (cloned next to this one in CI).
-pub const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared");
-
 /// The RFC 4475 torture messages and their manifest.
-pub const RFC4475_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/rfc4475");
+pub const RFC4475_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/rfc4475");
 
 /// The binary under test. `DIALTONE_TEST_BIN` may point at another build (e.g. a release
 /// binary) to run the same suite against it.

@@ -190,7 +190,7 @@ pub fn transcode_alaw_to_ulaw(data: &[u8], out: &mut [u8]) -> usize {
 mod tests {
     use super::*;
 
-    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/codecs/");
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/codecs/");
 
     fn read(name: &str) -> Vec<u8> {
         std::fs::read(format!("{DIR}{name}")).expect("golden vector present")

@@ -329,7 +329,7 @@ impl G722Decoder {
 mod tests {
     use super::*;
 
-    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/codecs/");
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/codecs/");
 
     fn read(name: &str) -> Vec<u8> {
         std::fs::read(format!("{DIR}{name}")).expect("golden vector present")
@@ -371,23 +371,17 @@ mod tests {
         assert_eq!(first_difference(&got, &want), None);
     }
 
-    const LOCAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
-
-    fn read_local(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{LOCAL}{name}")).expect("committed vector present")
-    }
-
     /// Saturation paths (full-scale squares, noise, Nyquist) against libg722, made by
-    /// `tests/data/gen_g722_stress.py`.
+    /// `tests/data/codecs/gen_g722_stress.py`.
     #[test]
     fn stress_vectors_match_libg722() {
-        let pcm = s16le(&read_local("g722_stress_input_16k_s16le.raw"));
-        let want = read_local("g722_stress_encoded.bin");
+        let pcm = s16le(&read("g722_stress_input_16k_s16le.raw"));
+        let want = read("g722_stress_encoded.bin");
         let mut got = vec![0u8; want.len()];
         assert_eq!(G722Encoder::new().encode(&pcm, &mut got), want.len());
         assert_eq!(first_difference(&got, &want), None);
 
-        let want = s16le(&read_local("g722_stress_decoded_16k_s16le.raw"));
+        let want = s16le(&read("g722_stress_decoded_16k_s16le.raw"));
         let mut pcm_out = vec![0i16; want.len()];
         G722Decoder::new().decode(&got, &mut pcm_out);
         assert_eq!(first_difference(&pcm_out, &want), None);
@@ -397,8 +391,8 @@ mod tests {
     /// lower-band codes 0–3 and outputs at both rails.
     #[test]
     fn random_bytes_decode_like_libg722() {
-        let data = read_local("g722_random_bytes.bin");
-        let want = s16le(&read_local("g722_random_bytes_decoded_16k_s16le.raw"));
+        let data = read("g722_random_bytes.bin");
+        let want = s16le(&read("g722_random_bytes_decoded_16k_s16le.raw"));
         let mut got = vec![0i16; want.len()];
         assert_eq!(G722Decoder::new().decode(&data, &mut got), want.len());
         assert_eq!(first_difference(&got, &want), None);
