@@ -13,12 +13,12 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use dialtone::call::model::AudioEncoding;
-use dialtone::media::codec::{CodecKind, Encoder};
+use dialtone::media::codec::{Codec, Encoder};
 use dialtone::media::rtp::{RtpHeader, RtpPacket};
 use dialtone::media::session::{InboundPath, OutboundPath, Polled, StreamParams};
 use dialtone::media::srtp::{SrtpContext, MAX_OVERHEAD};
-use dialtone::sip::sdp::SrtpSuite;
+use dialtone::model::AudioEncoding;
+use dialtone::sdp::SrtpSuite;
 
 const PACKETS: usize = 100_000;
 const FRAME: Duration = Duration::from_millis(20);
@@ -34,7 +34,7 @@ fn tone(rate: u32, len: usize, from: usize) -> Vec<i16> {
 }
 
 /// A second of caller packets, reused round-robin with fresh sequence numbers.
-fn caller_payloads(codec: CodecKind) -> Vec<Vec<u8>> {
+fn caller_payloads(codec: Codec) -> Vec<Vec<u8>> {
     let mut enc = Encoder::new(codec);
     let n = codec.pcm_samples(20);
     (0..50)
@@ -75,7 +75,7 @@ fn master_key(suite: SrtpSuite, fill: u8) -> Vec<u8> {
 const STRIDE: usize = 12 + 160 + MAX_OVERHEAD;
 
 /// The caller's packet `i`: RTP header and the payload, written into `out`.
-fn caller_packet(codec: CodecKind, payloads: &[Vec<u8>], i: usize, out: &mut [u8]) -> usize {
+fn caller_packet(codec: Codec, payloads: &[Vec<u8>], i: usize, out: &mut [u8]) -> usize {
     let header = RtpHeader {
         marker: false,
         payload_type: codec.payload_type(),
@@ -88,7 +88,7 @@ fn caller_packet(codec: CodecKind, payloads: &[Vec<u8>], i: usize, out: &mut [u8
 
 /// The caller's first `n` packets protected with `suite`, as they arrive from the wire:
 /// a flat buffer of `STRIDE`-byte slots and each datagram's length.
-fn srtp_datagrams(codec: CodecKind, suite: SrtpSuite, n: usize) -> (Vec<u8>, Vec<usize>) {
+fn srtp_datagrams(codec: Codec, suite: SrtpSuite, n: usize) -> (Vec<u8>, Vec<usize>) {
     let payloads = caller_payloads(codec);
     let mut tx = SrtpContext::new(suite, &master_key(suite, 7)).expect("key length fits");
     let mut flat = vec![0u8; n * STRIDE];
@@ -103,7 +103,7 @@ fn srtp_datagrams(codec: CodecKind, suite: SrtpSuite, n: usize) -> (Vec<u8>, Vec
     (flat, lens)
 }
 
-fn inbound(codec: CodecKind, agent: AudioEncoding, srtp: Option<SrtpSuite>) -> f64 {
+fn inbound(codec: Codec, agent: AudioEncoding, srtp: Option<SrtpSuite>) -> f64 {
     let params = StreamParams::new(codec, codec.payload_type(), Some(101), 20);
     let t0 = Instant::now();
     let mut path = InboundPath::new(params, agent, t0);
@@ -147,7 +147,7 @@ fn inbound(codec: CodecKind, agent: AudioEncoding, srtp: Option<SrtpSuite>) -> f
     elapsed.as_nanos() as f64 / PACKETS as f64
 }
 
-fn outbound(codec: CodecKind, agent: AudioEncoding, srtp: Option<SrtpSuite>) -> f64 {
+fn outbound(codec: Codec, agent: AudioEncoding, srtp: Option<SrtpSuite>) -> f64 {
     let params = StreamParams::new(codec, codec.payload_type(), Some(101), 20);
     let t0 = Instant::now();
     let mut path = OutboundPath::new(params, agent, 0x5678, 1, 1, t0);
@@ -187,7 +187,7 @@ fn outbound(codec: CodecKind, agent: AudioEncoding, srtp: Option<SrtpSuite>) -> 
 
 /// ns per packet to protect, then to unprotect, 172-byte PCMU RTP packets with `suite`.
 fn srtp_alone(suite: SrtpSuite) -> (f64, f64) {
-    let codec = CodecKind::Pcmu;
+    let codec = Codec::Pcmu;
     let payloads = caller_payloads(codec);
     let mut tx = SrtpContext::new(suite, &master_key(suite, 5)).expect("key length fits");
     let mut buf = [0u8; STRIDE];
@@ -226,18 +226,18 @@ fn srtp_alone(suite: SrtpSuite) -> (f64, f64) {
 fn main() {
     let aes_cm = Some(SrtpSuite::AesCm128HmacSha1_80);
     let gcm = Some(SrtpSuite::AeadAes128Gcm);
-    let (pcmu, mulaw) = (CodecKind::Pcmu, AudioEncoding::Mulaw8000);
+    let (pcmu, mulaw) = (Codec::Pcmu, AudioEncoding::Mulaw8000);
     let cases = [
         ("PCMU -> mulaw_8000", pcmu, mulaw, None),
-        ("PCMA -> mulaw_8000", CodecKind::Pcma, mulaw, None),
+        ("PCMA -> mulaw_8000", Codec::Pcma, mulaw, None),
         (
             "G722 -> pcm_16000",
-            CodecKind::G722,
+            Codec::G722,
             AudioEncoding::Pcm16000,
             None,
         ),
         ("PCMU -> pcm_24000", pcmu, AudioEncoding::Pcm24000, None),
-        ("G722 -> mulaw_8000", CodecKind::G722, mulaw, None),
+        ("G722 -> mulaw_8000", Codec::G722, mulaw, None),
         (
             "PCMU -> mulaw_8000, SRTP AES_CM_128_HMAC_SHA1_80",
             pcmu,

@@ -14,6 +14,8 @@ pub mod config;
 pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod model;
+pub mod sdp;
 pub mod server;
 pub mod sip;
 pub mod store;

@@ -102,14 +102,14 @@ async fn ensure_echo_agent(store: &Store, http: std::net::SocketAddr) {
         std::net::SocketAddr::new(ip, http.port())
     );
     let now = store::now_ms();
-    let agent = crate::call::model::Agent {
+    let agent = crate::model::Agent {
         agent_id: ECHO_AGENT_ID.to_string(),
         agent_name: Some("built-in echo".to_string()),
         version: 0,
-        response_engine: crate::call::model::ResponseEngine {
+        response_engine: crate::model::ResponseEngine {
             kind: "audio-websocket".to_string(),
             url: url.clone(),
-            audio_encoding: crate::call::model::AudioEncoding::Mulaw8000,
+            audio_encoding: crate::model::AudioEncoding::Mulaw8000,
             headers: Default::default(),
         },
         webhook_url: None,
@@ -122,7 +122,7 @@ async fn ensure_echo_agent(store: &Store, http: std::net::SocketAddr) {
     let result = match store.get_agent(ECHO_AGENT_ID).await {
         Ok(Some(existing)) if existing.response_engine.url == url => Ok(()),
         Ok(Some(_)) => store
-            .update_agent(ECHO_AGENT_ID, now, |a: &mut crate::call::model::Agent| {
+            .update_agent(ECHO_AGENT_ID, now, |a: &mut crate::model::Agent| {
                 a.response_engine.url = url.clone();
                 Ok::<(), StoreError>(())
             })

@@ -14,7 +14,7 @@ use common_call::baresip::{write_tone_wav, Baresip};
 use common_call::capture::Capture;
 use common_call::pcap::{telephone_event, Rtp};
 use common_call::Dialtone;
-use dialtone::media::codec::CodecKind;
+use dialtone::media::codec::Codec;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baresip_g722_call_delivers_each_dtmf_digit_exactly_once() {
@@ -138,7 +138,7 @@ async fn baresip_g722_call_delivers_each_dtmf_digit_exactly_once() {
             .all(|r| r.pt == 9 || r.pt == 13 || r.pt >= 96),
         "dialtone sends G.722 to a G.722-only caller"
     );
-    let back = decode_rtp(CodecKind::G722, &to_baresip);
+    let back = decode_rtp(Codec::G722, &to_baresip);
     let echoed = find_tone(&back, 16000, TONE_HZ, 0.5, 300.0);
     assert!(
         echoed.tone_seconds() >= 2.0,

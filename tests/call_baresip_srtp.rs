@@ -23,7 +23,7 @@ use common_call::baresip::{write_tone_wav, write_tone_wav_at, Baresip};
 use common_call::capture::Capture;
 use common_call::pcap::{Rtp, UdpPacket};
 use common_call::Dialtone;
-use dialtone::media::codec::CodecKind;
+use dialtone::media::codec::Codec;
 
 /// A self-signed certificate for 127.0.0.1/localhost: dialtone's TLS identity and, as its
 /// own CA, baresip's trust anchor. Returns (cert, key).
@@ -97,7 +97,7 @@ async fn assert_srtp_both_ways(
     agent: &TestAgent,
     encoding: &str,
     packets: &[UdpPacket],
-    codec: CodecKind,
+    codec: Codec,
     dumps: &Path,
 ) {
     let log = ua.log();
@@ -171,7 +171,7 @@ fn wire_tone(
     packets: &[UdpPacket],
     ports: (u16, u16),
     from_baresip: bool,
-    codec: CodecKind,
+    codec: Codec,
 ) -> (usize, ToneReport) {
     let rtp: Vec<Rtp> = packets
         .iter()
@@ -266,7 +266,7 @@ async fn baresip_srtp_mandatory_over_tls_is_encrypted_both_ways() {
     let t0 = common_call::now_ms();
     let target = format!("sip:{call_id}@127.0.0.1:{tls_port};transport=tls");
     let packets = call_and_hang_up(&mut ua, &target, server.dir.path()).await;
-    assert_srtp_both_ways(&ua, &agent, "pcm_16000", &packets, CodecKind::G722, &dumps).await;
+    assert_srtp_both_ways(&ua, &agent, "pcm_16000", &packets, Codec::G722, &dumps).await;
 
     let call = server
         .wait_call_final(&call_id, Duration::from_secs(10))
@@ -289,7 +289,7 @@ async fn a_plain_offer_over_tls_still_gets_plain_rtp_when_srtp_is_optional() {
         heard.tone_seconds() >= 2.0,
         "the agent should hear the tone: {heard:?}"
     );
-    let (_, clear) = wire_tone(&packets, ua.rtp_ports, false, CodecKind::G722);
+    let (_, clear) = wire_tone(&packets, ua.rtp_ports, false, Codec::G722);
     assert!(
         clear.tone_seconds() >= 2.0,
         "the echo travels as plain G.722: {clear:?}"
@@ -478,5 +478,5 @@ async fn outbound_call_to_a_tls_trunk_with_srtp_required_is_encrypted_both_ways(
     assert_eq!(call["call_status"], "ended", "{call}");
     assert_eq!(call["disconnection_reason"], "manual_stopped", "{call}");
 
-    assert_srtp_both_ways(&ua, &agent, "mulaw_8000", &packets, CodecKind::Pcmu, &dumps).await;
+    assert_srtp_both_ways(&ua, &agent, "mulaw_8000", &packets, Codec::Pcmu, &dumps).await;
 }

@@ -5,13 +5,13 @@
 mod common_call;
 
 use common_call::flow::{run_pcap_call, PcapCall};
-use dialtone::media::codec::CodecKind;
+use dialtone::media::codec::Codec;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_callers_first_codec_is_chosen() {
     let result = run_pcap_call(PcapCall {
         scenario: "uac_pcap_prefer_pcma.xml",
-        codec: CodecKind::Pcma,
+        codec: Codec::Pcma,
         encoding: "pcm_24000",
         expect_high_tone: false,
     })

@@ -6,13 +6,13 @@
 mod common_call;
 
 use common_call::flow::{run_pcap_call, PcapCall};
-use dialtone::media::codec::CodecKind;
+use dialtone::media::codec::Codec;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g722_call_echoes_both_tones_through_a_wideband_agent() {
     run_pcap_call(PcapCall {
         scenario: "uac_pcap_g722.xml",
-        codec: CodecKind::G722,
+        codec: Codec::G722,
         encoding: "pcm_16000",
         expect_high_tone: true,
     })

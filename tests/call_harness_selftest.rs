@@ -17,7 +17,7 @@ use common_call::pcap::telephone_event;
 use common_call::pcap::{read_udp, Rtp};
 use common_call::sip::{sdp_audio_payload_types, Uac};
 use common_call::sipp;
-use dialtone::media::codec::CodecKind;
+use dialtone::media::codec::Codec;
 use serde_json::json;
 
 fn pcap_rtp(name: &str) -> (Vec<f64>, Vec<Rtp>) {
@@ -48,9 +48,9 @@ fn goertzel_finds_the_tone_and_only_the_tone() {
 #[test]
 fn pcaps_parse_back_and_carry_the_tone() {
     for (name, kind) in [
-        ("pcmu.pcap", CodecKind::Pcmu),
-        ("pcma.pcap", CodecKind::Pcma),
-        ("g722.pcap", CodecKind::G722),
+        ("pcmu.pcap", Codec::Pcmu),
+        ("pcma.pcap", Codec::Pcma),
+        ("g722.pcap", Codec::G722),
     ] {
         let (times, rtp) = pcap_rtp(name);
         assert_eq!(rtp.len(), 250, "{name}: 5 s of 20 ms packets");
@@ -83,7 +83,7 @@ fn pcaps_parse_back_and_carry_the_tone() {
             "{name}: the detector must reject 700 Hz: {wrong:?}"
         );
         let high = find_tone(&pcm, rate, HIGH_TONE_HZ, 0.03, 300.0);
-        if kind == CodecKind::G722 {
+        if kind == Codec::G722 {
             assert!(high.tone_frames >= 245, "{name}: 5 kHz present: {high:?}");
         } else {
             assert_eq!(
@@ -123,7 +123,7 @@ fn start_echo_uas(pt: u8) -> (tokio::process::Child, u16) {
     (uas, uas_port)
 }
 
-async fn scenario_against_echo_uas(scenario: &str, pt: u8, kind: CodecKind) {
+async fn scenario_against_echo_uas(scenario: &str, pt: u8, kind: Codec) {
     let dir = tempfile::tempdir().unwrap();
     let (mut uas, uas_port) = start_echo_uas(pt);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -178,22 +178,22 @@ async fn scenario_against_echo_uas(scenario: &str, pt: u8, kind: CodecKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pcmu_scenario_runs_against_an_echoing_sipp() {
-    scenario_against_echo_uas("uac_pcap_pcmu.xml", 0, CodecKind::Pcmu).await;
+    scenario_against_echo_uas("uac_pcap_pcmu.xml", 0, Codec::Pcmu).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pcma_scenario_runs_against_an_echoing_sipp() {
-    scenario_against_echo_uas("uac_pcap_pcma.xml", 8, CodecKind::Pcma).await;
+    scenario_against_echo_uas("uac_pcap_pcma.xml", 8, Codec::Pcma).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g722_scenario_runs_against_an_echoing_sipp() {
-    scenario_against_echo_uas("uac_pcap_g722.xml", 9, CodecKind::G722).await;
+    scenario_against_echo_uas("uac_pcap_g722.xml", 9, Codec::G722).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preference_scenario_runs_against_an_echoing_sipp() {
-    scenario_against_echo_uas("uac_pcap_prefer_pcma.xml", 8, CodecKind::Pcma).await;
+    scenario_against_echo_uas("uac_pcap_prefer_pcma.xml", 8, Codec::Pcma).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

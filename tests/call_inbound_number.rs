@@ -14,7 +14,7 @@ use common_call::capture::Capture;
 use common_call::flow::split_rtp;
 use common_call::sipp::SippRun;
 use common_call::{audio, sipp, Dialtone};
-use dialtone::media::codec::CodecKind;
+use dialtone::media::codec::Codec;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -79,7 +79,7 @@ async fn carrier_call_to_an_imported_number_reaches_its_agent_with_x_headers() {
     // Audio both ways: the tone comes back.
     let (_, returned) = split_rtp(&packets, media_port);
     let rtp: Vec<_> = returned.into_iter().map(|(_, r)| r).collect();
-    let pcm = audio::decode_rtp(CodecKind::Pcmu, &rtp);
+    let pcm = audio::decode_rtp(Codec::Pcmu, &rtp);
     let tone = audio::find_tone(&pcm, 8000, audio::TONE_HZ, 0.5, 300.0);
     assert!(tone.tone_seconds() >= 3.0, "tone back: {tone:?}");
 

@@ -20,7 +20,7 @@ use common_call::agent::{Connection, Mode, TestAgent};
 use common_call::capture::Capture;
 use common_call::flow::split_rtp;
 use common_call::{audio, sipp, Dialtone};
-use dialtone::media::codec::CodecKind;
+use dialtone::media::codec::Codec;
 use serde_json::{json, Value};
 
 const RINGBACK_HZ: f64 = 440.0;
@@ -130,7 +130,7 @@ async fn outbound_call(forward: bool, sdp_in_200: bool) -> Outcome {
     Outcome {
         call,
         agent: conns[0].clone(),
-        returned: audio::decode_rtp(CodecKind::Pcmu, &rtp),
+        returned: audio::decode_rtp(Codec::Pcmu, &rtp),
     }
 }
 

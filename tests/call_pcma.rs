@@ -6,13 +6,13 @@
 mod common_call;
 
 use common_call::flow::{run_pcap_call, PcapCall};
-use dialtone::media::codec::CodecKind;
+use dialtone::media::codec::Codec;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pcma_call_echoes_the_tone_and_ends_as_user_hangup() {
     run_pcap_call(PcapCall {
         scenario: "uac_pcap_pcma.xml",
-        codec: CodecKind::Pcma,
+        codec: Codec::Pcma,
         encoding: "mulaw_8000",
         expect_high_tone: false,
     })

@@ -19,7 +19,7 @@ use common_call::flow::{check_rtp_stream, dial_pcap, split_rtp, PcapDial};
 use common_call::pcap::Rtp;
 use common_call::sip::Uac;
 use common_call::{Dialtone, REPO};
-use dialtone::media::codec::CodecKind;
+use dialtone::media::codec::Codec;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -147,7 +147,7 @@ impl Drop for PipecatBot {
 fn echo_delay(sent_first: f64, returned: &[(f64, Rtp)]) -> Option<f64> {
     returned
         .iter()
-        .filter(|(_, r)| r.pt == CodecKind::Pcmu.payload_type())
+        .filter(|(_, r)| r.pt == Codec::Pcmu.payload_type())
         .find(|(_, r)| {
             let pcm = audio::ulaw_to_pcm(&r.payload);
             audio::rms(&pcm) >= 300.0 && audio::tone_fraction(&pcm, 8000, audio::TONE_HZ) >= 0.5
@@ -184,9 +184,9 @@ async fn pipecat_twilio_bot_echoes_the_tone_unchanged() {
     let timed: Vec<(f64, Rtp)> = returned.into_iter().map(|(u, r)| (u.time, r)).collect();
     let rtp: Vec<Rtp> = timed.iter().map(|(_, r)| r.clone()).collect();
     assert!(!rtp.is_empty(), "no RTP came back to the caller");
-    check_rtp_stream(&rtp, CodecKind::Pcmu);
+    check_rtp_stream(&rtp, Codec::Pcmu);
 
-    let pcm = audio::decode_rtp(CodecKind::Pcmu, &rtp);
+    let pcm = audio::decode_rtp(Codec::Pcmu, &rtp);
     let tone = audio::find_tone(&pcm, 8000, audio::TONE_HZ, 0.5, 300.0);
     let delay = echo_delay(first_sent, &timed);
     eprintln!(
@@ -284,7 +284,7 @@ async fn pipecat_bot_ending_its_pipeline_hangs_up_after_its_goodbye() {
             "the caller got no BYE within 15 s of answer after the Pipecat bot ended its pipeline"
         )
     });
-    let pcm = audio::decode_rtp(CodecKind::Pcmu, &back);
+    let pcm = audio::decode_rtp(Codec::Pcmu, &back);
     let tone = audio::find_tone(&pcm, 8000, audio::TONE_HZ, 0.5, 300.0);
     eprintln!(
         "Pipecat goodbye: {:.2} s of tone before the BYE, BYE {} ms after answer",

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use dialtone::media::srtp::{SrtpContext, MAX_OVERHEAD};
-use dialtone::sip::sdp::SrtpSuite;
+use dialtone::sdp::SrtpSuite;
 
 const MASTER: [u8; 30] = [
     0x0f, 0x1e, 0x2d, 0x3c, 0x4b, 0x5a, 0x69, 0x78, 0x87, 0x96, 0xa5, 0xb4, 0xc3, 0xd2, 0xe1, 0xf0,

@@ -42,7 +42,7 @@ use super::protocol::{
     ServerMessage, StartBody, StopBody, BASE64,
 };
 use super::{AgentLink, FromAgent, ToAgent};
-use crate::call::model::{AudioEncoding, DisconnectionReason};
+use crate::model::{AudioEncoding, DisconnectionReason};
 
 /// Capacity of `to_agent`: about 5 s of 20 ms frames, so a hiccup of the agent's socket
 /// does not lose audio, while a stuck agent cannot make us buffer without bound.

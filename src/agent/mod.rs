@@ -11,7 +11,7 @@ pub mod protocol;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::call::model::DisconnectionReason;
+use crate::model::DisconnectionReason;
 
 /// What the media task sends towards the agent.
 #[derive(Debug)]

@@ -20,7 +20,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::call::model::AudioEncoding;
+use crate::model::AudioEncoding;
 
 /// Base64 as Twilio writes it (standard alphabet, padded). Decoding accepts payloads with
 /// or without padding: some hand-written agents strip it, and it loses nothing.

@@ -17,16 +17,16 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::agent::bridge::{self, AgentConfig, StartInfo};
-use crate::call::country;
-use crate::call::model::{Agent, Call, DisconnectionReason};
 use crate::call::CallControl;
 use crate::config::{CallSettings, TimerSettings};
 use crate::media::ports::PortPool;
 use crate::media::session::{self, MediaCommand, MediaHandle, SessionConfig};
+use crate::model::country;
+use crate::model::{Agent, Call, DisconnectionReason};
+use crate::sdp::{self, LocalMedia, Negotiated, Sdp};
 use crate::sip::dialog::{Dialog, DialogKey};
 use crate::sip::endpoint::{new_tag, Endpoint, Handler, ServerTxHandle, ALLOW};
 use crate::sip::message::{self, Method, Request, Response};
-use crate::sip::sdp::{self, LocalMedia, Negotiated, Sdp};
 use crate::sip::transport::{Inbound, Kind};
 use crate::store::{Claim, Store};
 use crate::webhook::events::CallEvents;
@@ -167,7 +167,7 @@ impl Handler for Engine {
 }
 
 impl CallControl for Engine {
-    fn dial(&self, call: Call, number: crate::call::number::PhoneNumber) -> bool {
+    fn dial(&self, call: Call, number: crate::model::number::PhoneNumber) -> bool {
         let span = tracing::info_span!("call", call_id = %call.call_id, direction = "outbound");
         let engine = self.clone();
         tokio::spawn(async move { engine.outbound_call(call, number).await }.instrument(span));
@@ -411,7 +411,7 @@ impl Engine {
         let Some(number) = number else {
             return Err(NoRoute::NotFound);
         };
-        let bound = crate::call::number::pick_agent(&number.inbound_agents, rand::random::<f64>())
+        let bound = crate::model::number::pick_agent(&number.inbound_agents, rand::random::<f64>())
             .map(str::to_owned);
         let from_number = invite
             .headers
@@ -471,8 +471,8 @@ impl Engine {
             agent_id: agent.agent_id.clone(),
             agent_name: agent.agent_name.clone(),
             agent_version: agent.version,
-            call_status: crate::call::model::CallStatus::Registered,
-            direction: crate::call::model::Direction::Inbound,
+            call_status: crate::model::CallStatus::Registered,
+            direction: crate::model::Direction::Inbound,
             from_number,
             to_number: Some(number.phone_number.clone()),
             metadata: hook.metadata.filter(|m| !m.is_null()),

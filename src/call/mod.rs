@@ -1,9 +1,9 @@
-//! Calls: the records they are made of, and (with the call engine) how they live and end.
+//! Calls as they live: the call engine that answers and dials them, bridges them to their
+//! agent and ends them the right way. The records they leave are in [`crate::model`].
 
-pub mod country;
 pub mod engine;
-pub mod model;
-pub mod number;
+
+use crate::model;
 
 /// What the HTTP API may ask of live calls. The call engine implements it; the API holds
 /// it as `Arc<dyn CallControl>` so neither knows the other's insides.
@@ -14,7 +14,7 @@ pub trait CallControl: Send + Sync + 'static {
 
     /// Dials an outbound call through `number`'s trunk. The record is already stored; the
     /// engine settles it. Returns false when nothing can dial (the API then fails the call).
-    fn dial(&self, _call: model::Call, _number: number::PhoneNumber) -> bool {
+    fn dial(&self, _call: model::Call, _number: model::number::PhoneNumber) -> bool {
         false
     }
 }

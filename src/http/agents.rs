@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use super::error::decode;
 use super::{ApiError, ApiJson, AppState};
-use crate::call::model::{Agent, AudioEncoding, ResponseEngine};
+use crate::model::{Agent, AudioEncoding, ResponseEngine};
 use crate::store::{new_id, now_ms, SortOrder};
 
 /// What a response shows instead of an agent header's value.

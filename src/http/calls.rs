@@ -16,9 +16,9 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiJson, AppState};
-use crate::call::country::{admits, country_of};
-use crate::call::model::{Call, CallStatus, Direction, DisconnectionReason};
-use crate::call::number::PhoneNumber;
+use crate::model::country::{admits, country_of};
+use crate::model::number::PhoneNumber;
+use crate::model::{Call, CallStatus, Direction, DisconnectionReason};
 use crate::store::{
     new_id, now_ms, AgentMatch, CallFilter, CallUpdate, DeleteCall, NumberMatch, SortOrder,
     TextMatch,
@@ -538,7 +538,7 @@ pub async fn create_phone_call(
         body.retell_llm_dynamic_variables.as_ref(),
     )?;
     let ignore_e164 = body.ignore_e164_validation.unwrap_or(false);
-    if !ignore_e164 && !crate::call::number::is_e164(&body.to_number) {
+    if !ignore_e164 && !crate::model::number::is_e164(&body.to_number) {
         return Err(ApiError::bad_field(
             "to_number",
             format!(
@@ -547,7 +547,7 @@ pub async fn create_phone_call(
             ),
         ));
     }
-    if ignore_e164 && !crate::call::number::is_pseudo_number(&body.to_number) {
+    if ignore_e164 && !crate::model::number::is_pseudo_number(&body.to_number) {
         return Err(ApiError::bad_field(
             "to_number",
             "to_number has characters a SIP user part cannot hold",
@@ -585,7 +585,7 @@ pub async fn create_phone_call(
     check_outbound_country(&number, &body.to_number)?;
     let agent_id = match body.override_agent_id {
         Some(id) => id,
-        None => crate::call::number::pick_agent(&number.outbound_agents, rand::random::<f64>())
+        None => crate::model::number::pick_agent(&number.outbound_agents, rand::random::<f64>())
             .map(str::to_owned)
             .ok_or_else(|| {
                 ApiError::bad_field(

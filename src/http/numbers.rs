@@ -24,10 +24,12 @@ use serde_json::{json, Value};
 
 use super::agents::check_url;
 use super::{ApiError, ApiJson, AppState};
-use crate::call::number::{
-    codec_name, is_country_code, is_e164, is_pseudo_number, AgentVersion, PhoneNumber, Secret,
-    Transport, WeightedAgent, SUPPORTED_CODECS,
+use crate::media::codec::Codec;
+use crate::model::number::{
+    is_country_code, is_e164, is_pseudo_number, AgentVersion, PhoneNumber, Secret, Transport,
+    WeightedAgent,
 };
+use crate::sip::transport::Kind;
 use crate::store::{now_ms, SortOrder, Store};
 
 const MAX_NICKNAME_LEN: usize = 256;
@@ -221,9 +223,11 @@ fn check_termination_uri(raw: &str) -> Result<(String, Option<Transport>), ApiEr
             dest.host
         )));
     }
-    let explicit = dest
-        .transport_explicit
-        .then(|| Transport::from_kind(dest.kind));
+    let explicit = dest.transport_explicit.then_some(match dest.kind {
+        Kind::Udp => Transport::Udp,
+        Kind::Tcp => Transport::Tcp,
+        Kind::Tls => Transport::Tls,
+    });
     Ok((uri.to_owned(), explicit))
 }
 
@@ -453,27 +457,28 @@ fn check_countries(field: &str, codes: Vec<String>) -> Result<Vec<String>, ApiEr
     Ok(out)
 }
 
-/// Codec preferences from [`SUPPORTED_CODECS`], any case, each once; empty (or `None`)
-/// means all of them in the default order.
+/// Codec preferences among the codecs the media layer runs ([`Codec::ALL`]), any case, each
+/// once; empty (or `None`) means all of them in the default order.
 fn check_codecs(codecs: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
     let codecs = codecs.unwrap_or_default();
     let mut out: Vec<String> = Vec::new();
     for (i, name) in codecs.iter().enumerate() {
-        let canonical = codec_name(name).ok_or_else(|| {
+        let canonical = Codec::from_name(name.trim()).ok_or_else(|| {
             ApiError::bad_field(
                 format!("codecs[{i}]"),
                 format!(
                     "codecs[{i}] is not a supported codec; supported: {}",
-                    SUPPORTED_CODECS.join(", ")
+                    Codec::ALL.map(Codec::encoding_name).join(", ")
                 ),
             )
         })?;
+        let canonical = canonical.encoding_name();
         if !out.iter().any(|c| c == canonical) {
             out.push(canonical.to_owned());
         }
     }
     if out.is_empty() {
-        out = SUPPORTED_CODECS.iter().map(|c| (*c).to_owned()).collect();
+        out = Codec::ALL.map(|c| c.encoding_name().to_owned()).to_vec();
     }
     Ok(out)
 }

@@ -397,5 +397,8 @@ async fn serve_answers_and_stops_on_shutdown() {
 /// The agent and call handlers.
 mod api;
 
+/// The built-in echo agent's route.
+mod echo;
+
 /// The phone number handlers.
 mod numbers;

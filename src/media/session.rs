@@ -74,7 +74,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::Instrument;
 
-use super::codec::{g711, CodecKind, Decoder, Encoder};
+use super::codec::{g711, Codec, Decoder, Encoder};
 use super::dtmf::{DtmfReceiver, DtmfSender, DtmfSenderConfig};
 use super::jitter::{Insert, JitterBuffer, JitterConfig, Pop};
 use super::playout::{Playout, PlayoutConfig, PlayoutError};
@@ -89,9 +89,9 @@ use super::rtp::{
 };
 use super::srtp::MAX_OVERHEAD as SRTP_OVERHEAD;
 use crate::agent::{AgentLink, FromAgent, ToAgent};
-use crate::call::model::{AudioEncoding, DisconnectionReason};
 use crate::metrics;
-use crate::sip::sdp::{AudioCodec, Direction, Negotiated};
+use crate::model::{AudioEncoding, DisconnectionReason};
+use crate::sdp::{Direction, Negotiated};
 use protection::Protection;
 
 mod protection;
@@ -254,7 +254,7 @@ impl DropCause {
 /// The caller-side stream parameters both paths need, from [`Negotiated`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamParams {
-    pub codec: CodecKind,
+    pub codec: Codec,
     pub payload_type: u8,
     pub telephone_event: Option<u8>,
     /// Our packetization in ms, clamped to 10..=60 and rounded down to 10 ms.
@@ -262,12 +262,7 @@ pub struct StreamParams {
 }
 
 impl StreamParams {
-    pub fn new(
-        codec: CodecKind,
-        payload_type: u8,
-        telephone_event: Option<u8>,
-        ptime: u32,
-    ) -> Self {
+    pub fn new(codec: Codec, payload_type: u8, telephone_event: Option<u8>, ptime: u32) -> Self {
         Self {
             codec,
             payload_type,
@@ -277,12 +272,7 @@ impl StreamParams {
     }
 
     pub fn from_negotiated(n: &Negotiated) -> Self {
-        let codec = match n.codec {
-            AudioCodec::Pcmu => CodecKind::Pcmu,
-            AudioCodec::Pcma => CodecKind::Pcma,
-            AudioCodec::G722 => CodecKind::G722,
-        };
-        Self::new(codec, n.payload_type, n.telephone_event, n.ptime)
+        Self::new(n.codec, n.payload_type, n.telephone_event, n.ptime)
     }
 }
 
@@ -330,10 +320,10 @@ struct Converter {
 }
 
 impl Converter {
-    fn new(codec: CodecKind, agent: AudioEncoding) -> Self {
+    fn new(codec: Codec, agent: AudioEncoding) -> Self {
         let convert = match (codec, agent) {
-            (CodecKind::Pcmu, AudioEncoding::Mulaw8000) => Convert::Passthrough,
-            (CodecKind::Pcma, AudioEncoding::Mulaw8000) => Convert::AlawToUlaw,
+            (Codec::Pcmu, AudioEncoding::Mulaw8000) => Convert::Passthrough,
+            (Codec::Pcma, AudioEncoding::Mulaw8000) => Convert::AlawToUlaw,
             _ => Convert::Transcode,
         };
         // 120 ms of G.722 is 1920 samples at 16 kHz, 2880 at 24 kHz; as bytes of PCM16,

@@ -21,7 +21,7 @@ mod transform;
 use aes::Aes128;
 use aes_gcm::KeyInit;
 
-use crate::sip::sdp::SrtpSuite;
+use crate::sdp::SrtpSuite;
 use replay::{Streams, Window};
 use transform::{Transform, GCM_TAG_LEN};
 

@@ -8,6 +8,5 @@ pub mod framing;
 pub mod message;
 pub mod resolve;
 pub mod route;
-pub mod sdp;
 pub mod transaction;
 pub mod transport;

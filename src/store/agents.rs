@@ -4,7 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{is_unique_violation, Bind, Page, SortOrder, Sql, Store, StoreError};
-use crate::call::model::{Agent, ResponseEngine};
+use crate::model::{Agent, ResponseEngine};
 
 const COLUMNS: &str = "agent_id, agent_name, version, response_engine, webhook_url, \
      max_call_duration_ms, end_call_after_silence_ms, ring_duration_ms, forward_early_media, \

@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{is_unique_violation, Bind, Page, SortOrder, Sql, Store, StoreError};
-use crate::call::model::{Call, CallStatus, Direction, DisconnectionReason};
+use crate::model::{Call, CallStatus, Direction, DisconnectionReason};
 
 const COLUMNS: &str = "call_id, call_type, agent_id, agent_name, agent_version, call_status, \
      direction, from_number, to_number, metadata, retell_llm_dynamic_variables, \

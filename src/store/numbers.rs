@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{is_unique_violation, Bind, Page, SortOrder, Sql, Store, StoreError};
-use crate::call::number::{lookup_key, PhoneNumber, Secret, Transport, WeightedAgent};
+use crate::model::number::{lookup_key, PhoneNumber, Secret, Transport, WeightedAgent};
 
 const COLUMNS: &str = "phone_number, lookup_key, nickname, inbound_agents, outbound_agents, \
      inbound_webhook_url, termination_uri, auth_username, auth_password, transport, \

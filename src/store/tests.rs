@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::*;
-use crate::call::model::{
+use crate::model::number::{PhoneNumber, Secret, Transport, WeightedAgent};
+use crate::model::{
     Agent, AudioEncoding, Call, CallStatus, Direction, DisconnectionReason, ResponseEngine,
 };
-use crate::call::number::{PhoneNumber, Secret, Transport, WeightedAgent};
 
 const PG_ENV: &str = "DIALTONE_TEST_POSTGRES_URL";
 
@@ -862,7 +862,7 @@ fn number(phone_number: &str, created: i64) -> PhoneNumber {
             WeightedAgent {
                 agent_id: "agent_b".to_owned(),
                 weight: 0.75,
-                agent_version: Some(crate::call::number::AgentVersion::Number(3)),
+                agent_version: Some(crate::model::number::AgentVersion::Number(3)),
             },
         ],
         outbound_agents: vec![],

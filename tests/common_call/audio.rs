@@ -1,7 +1,7 @@
 //! Audio checks: decode RTP payloads and agent media with the crate's own codecs, and find
 //! a tone by Goertzel in 20 ms frames.
 
-use dialtone::media::codec::{g711, CodecKind, Decoder};
+use dialtone::media::codec::{g711, Codec, Decoder};
 
 use super::pcap::Rtp;
 
@@ -12,7 +12,7 @@ pub const HIGH_TONE_HZ: f64 = 5000.0;
 
 /// Decodes the audio packets (payload type of `kind`) in arrival order, skipping others
 /// (telephone-event, comfort noise).
-pub fn decode_rtp(kind: CodecKind, packets: &[Rtp]) -> Vec<i16> {
+pub fn decode_rtp(kind: Codec, packets: &[Rtp]) -> Vec<i16> {
     let mut dec = Decoder::new(kind);
     let mut out = Vec::new();
     let mut buf = vec![0i16; 4096];

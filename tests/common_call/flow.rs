@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use dialtone::media::codec::CodecKind;
+use dialtone::media::codec::Codec;
 use serde_json::Value;
 
 use super::agent::{assert_stream_opening, Connection, Mode, TestAgent};
@@ -21,7 +21,7 @@ pub struct PcapCall {
     /// Scenario under tests/e2e/sipp.
     pub scenario: &'static str,
     /// The codec dialtone must choose (and the pcap carries).
-    pub codec: CodecKind,
+    pub codec: Codec,
     /// The agent's `audio_encoding`.
     pub encoding: &'static str,
     /// Check the 5 kHz tone too (G.722 pcap through a wideband agent).
@@ -232,7 +232,7 @@ pub fn split_rtp(packets: &[UdpPacket], media_port: u16) -> (Vec<Rtp>, Vec<(UdpP
 }
 
 /// The returning stream is one well-formed RTP stream in the chosen codec.
-pub fn check_rtp_stream(rtp: &[Rtp], codec: CodecKind) {
+pub fn check_rtp_stream(rtp: &[Rtp], codec: Codec) {
     let audio: Vec<&Rtp> = rtp
         .iter()
         .filter(|r| r.pt == codec.payload_type())

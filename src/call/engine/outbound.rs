@@ -20,14 +20,14 @@ use tracing::{debug, info, warn};
 
 use super::{lock, now_ms, CallInput, Ending, Engine, Live, Registration};
 use crate::agent::bridge::{self, AgentConfig, StartInfo};
-use crate::call::model::{Agent, Call, DisconnectionReason};
-use crate::call::number::PhoneNumber;
 use crate::media::ports::RtpSocket;
 use crate::media::session::{self, MediaCommand, MediaHandle};
+use crate::model::number::PhoneNumber;
+use crate::model::{Agent, Call, DisconnectionReason};
+use crate::sdp::{self, LocalMedia, Negotiated, Sdp};
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{new_tag, InviteEvent, OutgoingInvite, ALLOW};
 use crate::sip::message::{self, Method, Request, Response};
-use crate::sip::sdp::{self, LocalMedia, Negotiated, Sdp};
 use crate::sip::transport::Target;
 
 /// The reason an outbound call ends with when its INVITE fails with `status` (API.md).
@@ -268,15 +268,10 @@ impl Engine {
             })
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let mut local = LocalMedia::new(media_ip, socket.port(), rand::random::<u32>() as u64, 1);
-        let codecs: Vec<sdp::AudioCodec> = number
+        let codecs: Vec<sdp::Codec> = number
             .codecs
             .iter()
-            .filter_map(|c| match c.as_str() {
-                "PCMU" => Some(sdp::AudioCodec::Pcmu),
-                "PCMA" => Some(sdp::AudioCodec::Pcma),
-                "G722" => Some(sdp::AudioCodec::G722),
-                _ => None,
-            })
+            .filter_map(|c| sdp::Codec::from_name(c))
             .collect();
         if !codecs.is_empty() {
             local.codecs = codecs;

@@ -11,7 +11,7 @@
 //! §6). With `required`, calls whose signalling is not TLS are refused outright.
 
 use crate::config::SrtpMode;
-use crate::sip::sdp::{NegotiationError, SrtpKeyMaterial, SrtpPolicy};
+use crate::sdp::{NegotiationError, SrtpKeyMaterial, SrtpPolicy};
 use crate::sip::transport::Kind;
 
 /// Why a call cannot have the media `media.srtp` demands on this transport: the text of

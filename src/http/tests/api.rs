@@ -7,9 +7,9 @@ use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::{bearer, fresh_handle, send, services, Reply, KEY};
-use crate::call::model::DisconnectionReason;
 use crate::call::CallControl;
 use crate::http::{router, ApiServices, AppState};
+use crate::model::DisconnectionReason;
 use crate::store::now_ms;
 
 /// A call engine that says every call is live, and remembers being asked.

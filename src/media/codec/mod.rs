@@ -1,6 +1,6 @@
 //! Telephony codecs and the per-call encoder/decoder state a media task holds.
 //!
-//! [`CodecKind`] carries what SDP and RTP need to know about a codec; [`Encoder`] and
+//! [`Codec`] carries what SDP and RTP need to know about a codec; [`Encoder`] and
 //! [`Decoder`] wrap the state of one direction of one call. All coding works on
 //! caller-provided buffers and returns how much it wrote, so the per-packet path never
 //! allocates and never panics on odd sizes.
@@ -12,7 +12,7 @@ pub use g722::{G722Decoder, G722Encoder};
 
 /// A codec we offer and accept on the RTP side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CodecKind {
+pub enum Codec {
     /// G.711 μ-law.
     Pcmu,
     /// G.711 A-law.
@@ -21,25 +21,26 @@ pub enum CodecKind {
     G722,
 }
 
-impl CodecKind {
-    /// Every supported codec, in our default order of preference for offers.
-    pub const ALL: [CodecKind; 3] = [CodecKind::G722, CodecKind::Pcmu, CodecKind::Pcma];
+impl Codec {
+    /// Every supported codec, in our default order of preference for offers (G.711 first:
+    /// every trunk runs it, and the agent side is narrowband by default).
+    pub const ALL: [Codec; 3] = [Codec::Pcmu, Codec::Pcma, Codec::G722];
 
     /// The static RTP payload type (RFC 3551 table 4).
     pub const fn payload_type(self) -> u8 {
         match self {
-            CodecKind::Pcmu => 0,
-            CodecKind::Pcma => 8,
-            CodecKind::G722 => 9,
+            Codec::Pcmu => 0,
+            Codec::Pcma => 8,
+            Codec::G722 => 9,
         }
     }
 
     /// The codec for a static payload type, if we support it.
     pub const fn from_payload_type(pt: u8) -> Option<Self> {
         match pt {
-            0 => Some(CodecKind::Pcmu),
-            8 => Some(CodecKind::Pcma),
-            9 => Some(CodecKind::G722),
+            0 => Some(Codec::Pcmu),
+            8 => Some(Codec::Pcma),
+            9 => Some(Codec::G722),
             _ => None,
         }
     }
@@ -47,10 +48,17 @@ impl CodecKind {
     /// The encoding name in `a=rtpmap` (RFC 3551, RFC 4856).
     pub const fn encoding_name(self) -> &'static str {
         match self {
-            CodecKind::Pcmu => "PCMU",
-            CodecKind::Pcma => "PCMA",
-            CodecKind::G722 => "G722",
+            Codec::Pcmu => "PCMU",
+            Codec::Pcma => "PCMA",
+            Codec::G722 => "G722",
         }
+    }
+
+    /// The codec with this encoding name, in any case (`PCMU`, `pcma`, `G722`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.encoding_name().eq_ignore_ascii_case(name))
     }
 
     /// The codec named in an `a=rtpmap` line. Encoding names are case-insensitive
@@ -70,8 +78,8 @@ impl CodecKind {
     /// The rate of the PCM the codec encodes from and decodes to.
     pub const fn sample_rate(self) -> u32 {
         match self {
-            CodecKind::Pcmu | CodecKind::Pcma => 8000,
-            CodecKind::G722 => 16000,
+            Codec::Pcmu | Codec::Pcma => 8000,
+            Codec::G722 => 16000,
         }
     }
 
@@ -95,9 +103,9 @@ impl CodecKind {
     /// G.722 has no such constant byte (it is adaptive), so it has none.
     pub const fn silence_byte(self) -> Option<u8> {
         match self {
-            CodecKind::Pcmu => Some(g711::ULAW_SILENCE),
-            CodecKind::Pcma => Some(g711::ALAW_SILENCE),
-            CodecKind::G722 => None,
+            Codec::Pcmu => Some(g711::ULAW_SILENCE),
+            Codec::Pcma => Some(g711::ALAW_SILENCE),
+            Codec::G722 => None,
         }
     }
 }
@@ -113,20 +121,20 @@ pub enum Encoder {
 
 impl Encoder {
     /// A fresh encoder for `kind`.
-    pub fn new(kind: CodecKind) -> Self {
+    pub fn new(kind: Codec) -> Self {
         match kind {
-            CodecKind::Pcmu => Encoder::Pcmu,
-            CodecKind::Pcma => Encoder::Pcma,
-            CodecKind::G722 => Encoder::G722(Box::default()),
+            Codec::Pcmu => Encoder::Pcmu,
+            Codec::Pcma => Encoder::Pcma,
+            Codec::G722 => Encoder::G722(Box::default()),
         }
     }
 
     /// Which codec this encodes.
-    pub fn kind(&self) -> CodecKind {
+    pub fn kind(&self) -> Codec {
         match self {
-            Encoder::Pcmu => CodecKind::Pcmu,
-            Encoder::Pcma => CodecKind::Pcma,
-            Encoder::G722(_) => CodecKind::G722,
+            Encoder::Pcmu => Codec::Pcmu,
+            Encoder::Pcma => Codec::Pcma,
+            Encoder::G722(_) => Codec::G722,
         }
     }
 
@@ -151,20 +159,20 @@ pub enum Decoder {
 
 impl Decoder {
     /// A fresh decoder for `kind`.
-    pub fn new(kind: CodecKind) -> Self {
+    pub fn new(kind: Codec) -> Self {
         match kind {
-            CodecKind::Pcmu => Decoder::Pcmu,
-            CodecKind::Pcma => Decoder::Pcma,
-            CodecKind::G722 => Decoder::G722(Box::default()),
+            Codec::Pcmu => Decoder::Pcmu,
+            Codec::Pcma => Decoder::Pcma,
+            Codec::G722 => Decoder::G722(Box::default()),
         }
     }
 
     /// Which codec this decodes.
-    pub fn kind(&self) -> CodecKind {
+    pub fn kind(&self) -> Codec {
         match self {
-            Decoder::Pcmu => CodecKind::Pcmu,
-            Decoder::Pcma => CodecKind::Pcma,
-            Decoder::G722(_) => CodecKind::G722,
+            Decoder::Pcmu => Codec::Pcmu,
+            Decoder::Pcma => Codec::Pcma,
+            Decoder::G722(_) => Codec::G722,
         }
     }
 
@@ -184,8 +192,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn names_in_any_case() {
+        assert_eq!(Codec::from_name("pcmu"), Some(Codec::Pcmu));
+        assert_eq!(Codec::from_name("g722"), Some(Codec::G722));
+        assert_eq!(Codec::from_name("opus"), None);
+        assert_eq!(Codec::from_rtpmap("pcma", 8000), Some(Codec::Pcma));
+        assert_eq!(Codec::from_rtpmap("PCMA", 16000), None);
+    }
+
+    #[test]
     fn sdp_and_rtp_facts() {
-        let facts: Vec<_> = CodecKind::ALL
+        let facts: Vec<_> = Codec::ALL
             .iter()
             .map(|k| {
                 (
@@ -202,24 +219,24 @@ mod tests {
         assert_eq!(
             facts,
             [
-                (9, "G722", 8000, 16000, 320, 160, 160),
                 (0, "PCMU", 8000, 8000, 160, 160, 160),
                 (8, "PCMA", 8000, 8000, 160, 160, 160),
+                (9, "G722", 8000, 16000, 320, 160, 160),
             ]
         );
-        for k in CodecKind::ALL {
-            assert_eq!(CodecKind::from_payload_type(k.payload_type()), Some(k));
-            assert_eq!(CodecKind::from_rtpmap(k.encoding_name(), 8000), Some(k));
+        for k in Codec::ALL {
+            assert_eq!(Codec::from_payload_type(k.payload_type()), Some(k));
+            assert_eq!(Codec::from_rtpmap(k.encoding_name(), 8000), Some(k));
         }
-        assert_eq!(CodecKind::from_rtpmap("g722", 8000), Some(CodecKind::G722));
-        assert_eq!(CodecKind::from_rtpmap("G722", 16000), None);
-        assert_eq!(CodecKind::from_rtpmap("opus", 48000), None);
-        assert_eq!(CodecKind::from_payload_type(18), None);
+        assert_eq!(Codec::from_rtpmap("g722", 8000), Some(Codec::G722));
+        assert_eq!(Codec::from_rtpmap("G722", 16000), None);
+        assert_eq!(Codec::from_rtpmap("opus", 48000), None);
+        assert_eq!(Codec::from_payload_type(18), None);
     }
 
     #[test]
     fn twenty_ms_frames_round_trip_through_every_codec() {
-        for kind in CodecKind::ALL {
+        for kind in Codec::ALL {
             let mut enc = Encoder::new(kind);
             let mut dec = Decoder::new(kind);
             assert_eq!((enc.kind(), dec.kind()), (kind, kind));
@@ -237,14 +254,14 @@ mod tests {
                 }
                 assert_eq!(enc.encode(&pcm[..n], &mut payload), 160);
                 assert_eq!(dec.decode(&payload, &mut back), n);
-                if frame >= 5 && kind != CodecKind::G722 {
+                if frame >= 5 && kind != Codec::G722 {
                     for i in 0..n {
                         err += (pcm[i] as f64 - back[i] as f64).powi(2);
                         sig += (pcm[i] as f64).powi(2);
                     }
                 }
             }
-            if kind != CodecKind::G722 {
+            if kind != Codec::G722 {
                 // G.711 is ~38 dB SNR for a mid-level tone.
                 assert!(10.0 * (sig / err).log10() > 30.0, "{kind:?}");
             }
@@ -253,19 +270,19 @@ mod tests {
 
     #[test]
     fn silence_bytes_decode_to_near_zero() {
-        for kind in [CodecKind::Pcmu, CodecKind::Pcma] {
+        for kind in [Codec::Pcmu, Codec::Pcma] {
             let byte = kind.silence_byte().expect("G.711 has a silence byte");
             let mut out = [1i16; 4];
             assert_eq!(Decoder::new(kind).decode(&[byte; 4], &mut out), 4);
             // A-law has no exact zero: its quietest level is ±8.
             assert!(out.iter().all(|s| s.abs() <= 8), "{kind:?} {out:?}");
         }
-        assert_eq!(CodecKind::G722.silence_byte(), None);
+        assert_eq!(Codec::G722.silence_byte(), None);
     }
 
     #[test]
     fn short_buffers_return_what_was_written() {
-        for kind in CodecKind::ALL {
+        for kind in Codec::ALL {
             let mut out = [0u8; 10];
             assert!(Encoder::new(kind).encode(&[0; 7], &mut out) <= 7);
             let mut pcm = [0i16; 3];

@@ -4,7 +4,7 @@
 
 use super::{DropCause, DATAGRAM_BUF};
 use crate::media::srtp::{SrtpContext, SrtpError};
-use crate::sip::sdp::SrtpKeys;
+use crate::sdp::SrtpKeys;
 
 /// The session's packet protection.
 pub(super) enum Protection {

@@ -16,12 +16,8 @@ const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const MS: Duration = Duration::from_millis(1);
 const TE: u8 = 101;
 
-fn negotiated(codec: AudioCodec, remote_rtp: SocketAddr, remote_rtcp: SocketAddr) -> Negotiated {
-    let payload_type = match codec {
-        AudioCodec::Pcmu => 0,
-        AudioCodec::Pcma => 8,
-        AudioCodec::G722 => 9,
-    };
+fn negotiated(codec: Codec, remote_rtp: SocketAddr, remote_rtcp: SocketAddr) -> Negotiated {
+    let payload_type = codec.payload_type();
     Negotiated {
         media_index: 0,
         remote_rtp,
@@ -54,7 +50,7 @@ async fn peer_socket() -> UdpSocket {
 }
 
 async fn start_with(
-    codec: AudioCodec,
+    codec: Codec,
     agent: AudioEncoding,
     tweak: impl FnOnce(&mut SessionConfig),
 ) -> Harness {
@@ -97,7 +93,7 @@ async fn start_with(
     }
 }
 
-async fn start(codec: AudioCodec, agent: AudioEncoding) -> Harness {
+async fn start(codec: Codec, agent: AudioEncoding) -> Harness {
     start_with(codec, agent, |_| {}).await
 }
 
@@ -197,7 +193,7 @@ fn tone_share(samples: &[i16], rate: u32, freq: f64) -> f64 {
 }
 
 /// Encoded 20 ms payloads of a tone for `codec`.
-fn tone_payloads(codec: CodecKind, freq: f64, frames: usize) -> Vec<Vec<u8>> {
+fn tone_payloads(codec: Codec, freq: f64, frames: usize) -> Vec<Vec<u8>> {
     let mut enc = Encoder::new(codec);
     let n = codec.pcm_samples(20);
     (0..frames)
@@ -235,7 +231,7 @@ fn is_silent(pcm: &[i16]) -> bool {
 
 /// Sends a tone from the caller and returns the agent's frames (all of them).
 async fn caller_tone(
-    codec: AudioCodec,
+    codec: Codec,
     agent: AudioEncoding,
     freq: f64,
     frames: usize,
@@ -263,7 +259,7 @@ fn voiced(encoding: AudioEncoding, frames: &[Bytes]) -> Vec<i16> {
 #[tokio::test]
 async fn pcmu_to_mulaw_passes_bytes_through_unchanged() {
     let (frames, sent, outcome) =
-        caller_tone(AudioCodec::Pcmu, AudioEncoding::Mulaw8000, 1000.0, 25).await;
+        caller_tone(Codec::Pcmu, AudioEncoding::Mulaw8000, 1000.0, 25).await;
     assert!(frames.iter().all(|f| f.len() == 160));
     let voiced: Vec<&Bytes> = frames
         .iter()
@@ -286,7 +282,7 @@ async fn pcmu_to_mulaw_passes_bytes_through_unchanged() {
 
 #[tokio::test]
 async fn pcma_to_mulaw_transcodes() {
-    let (frames, _, _) = caller_tone(AudioCodec::Pcma, AudioEncoding::Mulaw8000, 1000.0, 25).await;
+    let (frames, _, _) = caller_tone(Codec::Pcma, AudioEncoding::Mulaw8000, 1000.0, 25).await;
     assert!(frames.iter().all(|f| f.len() == 160));
     let pcm = voiced(AudioEncoding::Mulaw8000, &frames);
     assert!(pcm.len() >= 20 * 160);
@@ -296,7 +292,7 @@ async fn pcma_to_mulaw_transcodes() {
 #[tokio::test]
 async fn g722_to_pcm16000_keeps_wideband() {
     for freq in [1000.0, 6000.0] {
-        let (frames, _, _) = caller_tone(AudioCodec::G722, AudioEncoding::Pcm16000, freq, 25).await;
+        let (frames, _, _) = caller_tone(Codec::G722, AudioEncoding::Pcm16000, freq, 25).await;
         assert!(frames.iter().all(|f| f.len() == 640));
         let pcm = voiced(AudioEncoding::Pcm16000, &frames);
         assert!(pcm.len() >= 20 * 320);
@@ -309,7 +305,7 @@ async fn g722_to_pcm16000_keeps_wideband() {
 
 #[tokio::test]
 async fn pcmu_to_pcm24000_resamples() {
-    let (frames, _, _) = caller_tone(AudioCodec::Pcmu, AudioEncoding::Pcm24000, 1000.0, 25).await;
+    let (frames, _, _) = caller_tone(Codec::Pcmu, AudioEncoding::Pcm24000, 1000.0, 25).await;
     assert!(frames.iter().all(|f| f.len() == 960));
     let pcm = voiced(AudioEncoding::Pcm24000, &frames);
     assert!(pcm.len() >= 20 * 480);
@@ -371,7 +367,7 @@ fn mulaw(pcm: &[i16]) -> Vec<u8> {
 
 #[tokio::test]
 async fn irregular_agent_audio_is_reframed_paced_and_marks_follow_playout() {
-    let h = start(AudioCodec::Pcmu, AudioEncoding::Mulaw8000).await;
+    let h = start(Codec::Pcmu, AudioEncoding::Mulaw8000).await;
     // Let the stream start with silence.
     tokio::time::sleep(50 * MS).await;
     let rx = collect_rtp(&h.rtp, 2700 * MS);
@@ -437,7 +433,7 @@ async fn irregular_agent_audio_is_reframed_paced_and_marks_follow_playout() {
 
 #[tokio::test]
 async fn g722_out_from_pcm16000_in_odd_chunks() {
-    let mut h = start(AudioCodec::G722, AudioEncoding::Pcm16000).await;
+    let mut h = start(Codec::G722, AudioEncoding::Pcm16000).await;
     let rx = collect_rtp(&h.rtp, 900 * MS);
     let pcm = tone(1000.0, 16000, 16000 / 2, 0); // 500 ms
     let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
@@ -468,7 +464,7 @@ async fn g722_out_from_pcm16000_in_odd_chunks() {
 
 #[tokio::test]
 async fn clear_drops_the_queue_and_returns_marks_at_once() {
-    let mut h = start(AudioCodec::Pcmu, AudioEncoding::Mulaw8000).await;
+    let mut h = start(Codec::Pcmu, AudioEncoding::Mulaw8000).await;
     let speech = mulaw(&tone(1000.0, 8000, 16000, 0)); // 2 s
     h.agent(FromAgent::Media(speech)).await;
     h.agent(FromAgent::Mark("m".into())).await;
@@ -504,7 +500,7 @@ async fn symmetric_rtp_latches_first_source_and_ignores_others() {
     // The SDP points at a decoy; the caller's packets actually come from elsewhere (NAT).
     let decoy = peer_socket().await;
     let decoy_addr = decoy.local_addr().unwrap();
-    let mut h = start_with(AudioCodec::Pcmu, AudioEncoding::Mulaw8000, |c| {
+    let mut h = start_with(Codec::Pcmu, AudioEncoding::Mulaw8000, |c| {
         c.negotiated.remote_rtp = decoy_addr;
     })
     .await;
@@ -514,7 +510,7 @@ async fn symmetric_rtp_latches_first_source_and_ignores_others() {
 
     let real = &h.rtp;
     let intruder = peer_socket().await;
-    let payloads = tone_payloads(CodecKind::Pcmu, 1000.0, 10);
+    let payloads = tone_payloads(Codec::Pcmu, 1000.0, 10);
     send_stream(real, h.media, 0, 1, &payloads).await;
     let replies = collect_rtp(real, 100 * MS).await;
     assert!(replies.len() >= 3, "replies go to the actual source");
@@ -532,7 +528,7 @@ async fn symmetric_rtp_latches_first_source_and_ignores_others() {
 
 #[tokio::test]
 async fn garbage_is_dropped_without_harm() {
-    let mut h = start(AudioCodec::Pcmu, AudioEncoding::Mulaw8000).await;
+    let mut h = start(Codec::Pcmu, AudioEncoding::Mulaw8000).await;
     let mut hostile: Vec<Vec<u8>> = vec![
         vec![],
         vec![0x80],
@@ -566,7 +562,7 @@ async fn garbage_is_dropped_without_harm() {
         h.media,
         0,
         4242,
-        &tone_payloads(CodecKind::Pcmu, 1000.0, 5),
+        &tone_payloads(Codec::Pcmu, 1000.0, 5),
     )
     .await;
     tokio::time::sleep(100 * MS).await;
@@ -587,7 +583,7 @@ fn event(digit: u8, end: bool, duration: u16) -> Vec<u8> {
 
 #[tokio::test]
 async fn dtmf_in_is_reported_once_per_press() {
-    let mut h = start(AudioCodec::Pcmu, AudioEncoding::Mulaw8000).await;
+    let mut h = start(Codec::Pcmu, AudioEncoding::Mulaw8000).await;
     let mut seq = 100u16;
     for (digit, ts) in [(5u8, 16000u32), (11, 32000)] {
         let mut pkts = vec![rtp_packet(TE, seq, ts, 3, true, &event(digit, false, 160))];
@@ -620,7 +616,7 @@ async fn dtmf_in_is_reported_once_per_press() {
 
 #[tokio::test]
 async fn send_dtmf_emits_telephone_events_with_the_negotiated_type() {
-    let mut h = start(AudioCodec::Pcmu, AudioEncoding::Mulaw8000).await;
+    let mut h = start(Codec::Pcmu, AudioEncoding::Mulaw8000).await;
     h.agent(FromAgent::SendDtmf("1#".into())).await;
     let pkts = collect_rtp(&h.rtp, 600 * MS).await;
     let events: Vec<&Got> = pkts.iter().filter(|p| p.pt == TE).collect();
@@ -637,7 +633,7 @@ async fn send_dtmf_emits_telephone_events_with_the_negotiated_type() {
     h.stop().await;
 
     // Without a negotiated telephone-event type the request is ignored.
-    let mut h = start_with(AudioCodec::Pcmu, AudioEncoding::Mulaw8000, |c| {
+    let mut h = start_with(Codec::Pcmu, AudioEncoding::Mulaw8000, |c| {
         c.negotiated.telephone_event = None;
     })
     .await;
@@ -655,7 +651,7 @@ fn assert_continuous_seq(pkts: &[Got]) {
 
 #[tokio::test]
 async fn hold_sends_nothing_and_never_times_out() {
-    let mut h = start_with(AudioCodec::Pcmu, AudioEncoding::Mulaw8000, |c| {
+    let mut h = start_with(Codec::Pcmu, AudioEncoding::Mulaw8000, |c| {
         c.inactivity_timeout = 200 * MS;
         c.no_audio_timeout = 200 * MS;
     })
@@ -665,7 +661,7 @@ async fn hold_sends_nothing_and_never_times_out() {
         h.media,
         0,
         8,
-        &tone_payloads(CodecKind::Pcmu, 1000.0, 3),
+        &tone_payloads(Codec::Pcmu, 1000.0, 3),
     )
     .await;
     let before = collect_rtp(&h.rtp, 60 * MS).await;
@@ -693,7 +689,7 @@ async fn hold_sends_nothing_and_never_times_out() {
 
 #[tokio::test]
 async fn early_media_reaches_the_agent_and_waits_for_the_answer() {
-    let mut h = start_with(AudioCodec::Pcmu, AudioEncoding::Mulaw8000, |c| {
+    let mut h = start_with(Codec::Pcmu, AudioEncoding::Mulaw8000, |c| {
         c.early = true;
         c.no_audio_timeout = 200 * MS;
         c.inactivity_timeout = 300 * MS;
@@ -713,7 +709,7 @@ async fn early_media_reaches_the_agent_and_waits_for_the_answer() {
         "no audio timeout before the answer"
     );
     // The far end's ringback reaches the agent.
-    let ringback = tone_payloads(CodecKind::Pcmu, 440.0, 15);
+    let ringback = tone_payloads(Codec::Pcmu, 440.0, 15);
     send_stream(&h.rtp, h.media, 0, 0x440, &ringback).await;
     tokio::time::sleep(100 * MS).await;
     // The answer: our stream starts, and a new source (another SSRC) is taken up.
@@ -722,7 +718,7 @@ async fn early_media_reaches_the_agent_and_waits_for_the_answer() {
         .send(MediaCommand::Answered(h.negotiated.clone()))
         .await
         .unwrap();
-    let answered = tone_payloads(CodecKind::Pcmu, 1000.0, 15);
+    let answered = tone_payloads(Codec::Pcmu, 1000.0, 15);
     send_stream_from(&h.rtp, h.media, 0, 0x1000, 7000, &answered).await;
     let sent = collect_rtp(&h.rtp, 100 * MS).await;
     assert!(!sent.is_empty(), "nothing sent after the answer");
@@ -754,7 +750,7 @@ async fn early_media_reaches_the_agent_and_waits_for_the_answer() {
 
 #[tokio::test]
 async fn stalls_and_agent_overflow_are_counted_not_silent() {
-    let mut h = start(AudioCodec::Pcmu, AudioEncoding::Mulaw8000).await;
+    let mut h = start(Codec::Pcmu, AudioEncoding::Mulaw8000).await;
     // 62 s of agent audio at once: 2 s of it cannot fit the 60 s queue.
     h.agent(FromAgent::Media(vec![0x55; 8000 * 62])).await;
     send_stream(
@@ -762,7 +758,7 @@ async fn stalls_and_agent_overflow_are_counted_not_silent() {
         h.media,
         0,
         8,
-        &tone_payloads(CodecKind::Pcmu, 1000.0, 5),
+        &tone_payloads(Codec::Pcmu, 1000.0, 5),
     )
     .await;
     // This test's runtime has one thread: blocking it stalls the media task for 300 ms,
@@ -781,7 +777,7 @@ async fn stalls_and_agent_overflow_are_counted_not_silent() {
 
 #[tokio::test]
 async fn no_rtp_at_all_ends_with_no_audio_received() {
-    let mut h = start_with(AudioCodec::Pcmu, AudioEncoding::Mulaw8000, |c| {
+    let mut h = start_with(Codec::Pcmu, AudioEncoding::Mulaw8000, |c| {
         c.no_audio_timeout = 250 * MS;
     })
     .await;
@@ -798,7 +794,7 @@ async fn no_rtp_at_all_ends_with_no_audio_received() {
 
 #[tokio::test]
 async fn rtp_stopping_ends_with_inactivity() {
-    let mut h = start_with(AudioCodec::Pcmu, AudioEncoding::Mulaw8000, |c| {
+    let mut h = start_with(Codec::Pcmu, AudioEncoding::Mulaw8000, |c| {
         c.inactivity_timeout = 300 * MS;
         c.no_audio_timeout = 300 * MS;
     })
@@ -808,7 +804,7 @@ async fn rtp_stopping_ends_with_inactivity() {
         h.media,
         0,
         8,
-        &tone_payloads(CodecKind::Pcmu, 1000.0, 10),
+        &tone_payloads(Codec::Pcmu, 1000.0, 10),
     )
     .await;
     let stopped = Instant::now();
@@ -822,13 +818,13 @@ async fn rtp_stopping_ends_with_inactivity() {
 
 #[tokio::test]
 async fn stop_sends_stop_to_agent_and_rtcp_bye_to_caller() {
-    let mut h = start(AudioCodec::Pcmu, AudioEncoding::Mulaw8000).await;
+    let mut h = start(Codec::Pcmu, AudioEncoding::Mulaw8000).await;
     send_stream(
         &h.rtp,
         h.media,
         0,
         0xabc,
-        &tone_payloads(CodecKind::Pcmu, 1000.0, 5),
+        &tone_payloads(Codec::Pcmu, 1000.0, 5),
     )
     .await;
     // The caller's SR on our RTCP port, and one multiplexed on the RTP port.
@@ -880,7 +876,7 @@ async fn stop_sends_stop_to_agent_and_rtcp_bye_to_caller() {
 
 #[tokio::test]
 async fn hangup_plays_out_queued_audio_then_ends() {
-    let mut h = start(AudioCodec::Pcmu, AudioEncoding::Mulaw8000).await;
+    let mut h = start(Codec::Pcmu, AudioEncoding::Mulaw8000).await;
     let caller = std::mem::replace(&mut h.rtp, peer_socket().await);
     let rx = collect_rtp(&caller, 900 * MS);
     let t0 = Instant::now();
@@ -898,7 +894,7 @@ async fn hangup_plays_out_queued_audio_then_ends() {
     assert!(matches!(msgs.last(), Some(ToAgent::Stop)));
 
     // With nothing queued, hang-up is immediate, and the drain is capped.
-    let mut h = start_with(AudioCodec::Pcmu, AudioEncoding::Mulaw8000, |c| {
+    let mut h = start_with(Codec::Pcmu, AudioEncoding::Mulaw8000, |c| {
         c.hangup_drain_cap = 200 * MS;
     })
     .await;
@@ -913,7 +909,7 @@ async fn hangup_plays_out_queued_audio_then_ends() {
 
 #[tokio::test]
 async fn agent_failures_end_the_session() {
-    let mut h = start(AudioCodec::Pcmu, AudioEncoding::Mulaw8000).await;
+    let mut h = start(Codec::Pcmu, AudioEncoding::Mulaw8000).await;
     h.agent(FromAgent::Failed(
         DisconnectionReason::ErrorLlmWebsocketRuntime,
     ))
@@ -924,7 +920,7 @@ async fn agent_failures_end_the_session() {
         Some(DisconnectionReason::ErrorLlmWebsocketRuntime)
     );
 
-    let mut h = start(AudioCodec::Pcmu, AudioEncoding::Mulaw8000).await;
+    let mut h = start(Codec::Pcmu, AudioEncoding::Mulaw8000).await;
     drop(std::mem::replace(&mut h.agent_tx, mpsc::channel(1).0));
     let (outcome, _) = h.finish().await;
     assert_eq!(
@@ -933,14 +929,14 @@ async fn agent_failures_end_the_session() {
     );
 
     // The bridge dropping its receiver is noticed at the next message for it.
-    let mut h = start(AudioCodec::Pcmu, AudioEncoding::Mulaw8000).await;
+    let mut h = start(Codec::Pcmu, AudioEncoding::Mulaw8000).await;
     drop(std::mem::replace(&mut h.agent_rx, mpsc::channel(1).1));
     send_stream(
         &h.rtp,
         h.media,
         0,
         1,
-        &tone_payloads(CodecKind::Pcmu, 1000.0, 5),
+        &tone_payloads(Codec::Pcmu, 1000.0, 5),
     )
     .await;
     let (outcome, _) = h.finish().await;
@@ -962,7 +958,7 @@ async fn port_returns_to_the_pool_when_the_session_ends() {
     let handle = spawn(
         socket,
         SessionConfig {
-            negotiated: negotiated(AudioCodec::Pcmu, addr, addr),
+            negotiated: negotiated(Codec::Pcmu, addr, addr),
             agent_encoding: AudioEncoding::Mulaw8000,
             no_audio_timeout: Duration::from_secs(5),
             inactivity_timeout: Duration::from_secs(5),
@@ -985,13 +981,13 @@ async fn port_returns_to_the_pool_when_the_session_ends() {
 
 #[tokio::test]
 async fn reinvite_switches_codec_keeping_our_stream_continuous() {
-    let mut h = start(AudioCodec::Pcmu, AudioEncoding::Mulaw8000).await;
+    let mut h = start(Codec::Pcmu, AudioEncoding::Mulaw8000).await;
     h.agent(FromAgent::Media(mulaw(&tone(1000.0, 8000, 8000, 0))))
         .await; // 1 s
     h.agent(FromAgent::Mark("queued".into())).await;
     let before = collect_rtp(&h.rtp, 200 * MS).await;
     let mut g722 = negotiated(
-        AudioCodec::G722,
+        Codec::G722,
         h.negotiated.remote_rtp,
         h.negotiated.remote_rtcp.unwrap(),
     );
@@ -1018,7 +1014,7 @@ async fn reinvite_switches_codec_keeping_our_stream_continuous() {
     assert!(all[switch..].iter().all(|p| p.pt == 9));
     // The caller now sends G.722; the agent hears it as μ-law.
     while h.agent_rx.try_recv().is_ok() {}
-    let payloads = tone_payloads(CodecKind::G722, 1000.0, 20);
+    let payloads = tone_payloads(Codec::G722, 1000.0, 20);
     send_stream(&h.rtp, h.media, 9, 99, &payloads).await;
     tokio::time::sleep(100 * MS).await;
     let (outcome, msgs) = h.stop().await;
@@ -1037,14 +1033,14 @@ fn drop_causes_index_their_metric_handles() {
     }
 }
 
-fn params(codec: CodecKind) -> StreamParams {
+fn params(codec: Codec) -> StreamParams {
     StreamParams::new(codec, codec.payload_type(), Some(TE), 20)
 }
 
 #[test]
 fn inbound_conceals_a_lost_packet_with_silence_of_its_length() {
     let t0 = Instant::now();
-    let mut inb = InboundPath::new(params(CodecKind::Pcmu), AudioEncoding::Mulaw8000, t0);
+    let mut inb = InboundPath::new(params(Codec::Pcmu), AudioEncoding::Mulaw8000, t0);
     for seq in [0u16, 1, 3, 4] {
         let pkt = rtp_packet(0, seq, 160 * u32::from(seq), 5, false, &[seq as u8; 160]);
         let p = RtpPacket::parse(&pkt).unwrap();
@@ -1076,7 +1072,7 @@ fn inbound_conceals_a_lost_packet_with_silence_of_its_length() {
 #[test]
 fn inbound_reframes_30ms_packets_into_20ms_frames() {
     let t0 = Instant::now();
-    let mut inb = InboundPath::new(params(CodecKind::Pcma), AudioEncoding::Pcm16000, t0);
+    let mut inb = InboundPath::new(params(Codec::Pcma), AudioEncoding::Pcm16000, t0);
     for seq in 0u16..4 {
         let pcm = tone(1000.0, 8000, 240, 240 * seq as usize);
         let mut payload = vec![0; 240];
@@ -1099,14 +1095,7 @@ fn inbound_reframes_30ms_packets_into_20ms_frames() {
 #[test]
 fn outbound_pcm_chunks_split_mid_sample_lose_nothing() {
     let t0 = Instant::now();
-    let mut out = OutboundPath::new(
-        params(CodecKind::G722),
-        AudioEncoding::Pcm16000,
-        7,
-        0,
-        0,
-        t0,
-    );
+    let mut out = OutboundPath::new(params(Codec::G722), AudioEncoding::Pcm16000, 7, 0, 0, t0);
     let pcm: Vec<i16> = (0..320).map(|i| i * 37).collect();
     let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
     for chunk in bytes.chunks(3) {
@@ -1120,8 +1109,8 @@ fn outbound_pcm_chunks_split_mid_sample_lose_nothing() {
 
 /// SDES keys as the engine would hand them over: ours protect what the session sends,
 /// the caller's unprotect what it receives.
-fn srtp_keys(suite: crate::sip::sdp::SrtpSuite) -> crate::sip::sdp::SrtpKeys {
-    crate::sip::sdp::SrtpKeys {
+fn srtp_keys(suite: crate::sdp::SrtpSuite) -> crate::sdp::SrtpKeys {
+    crate::sdp::SrtpKeys {
         suite,
         local_key_salt: (0..suite.key_salt_len() as u8).collect(),
         remote_key_salt: (100..100 + suite.key_salt_len() as u8).collect(),
@@ -1131,9 +1120,9 @@ fn srtp_keys(suite: crate::sip::sdp::SrtpSuite) -> crate::sip::sdp::SrtpKeys {
 #[tokio::test]
 async fn srtp_both_ways_with_forgeries_and_replays_dropped_and_counted() {
     use crate::media::srtp::{SrtpContext, MAX_OVERHEAD};
-    use crate::sip::sdp::SrtpSuite;
+    use crate::sdp::SrtpSuite;
     let keys = srtp_keys(SrtpSuite::AesCm128HmacSha1_80);
-    let mut h = start_with(AudioCodec::Pcmu, AudioEncoding::Mulaw8000, |cfg| {
+    let mut h = start_with(Codec::Pcmu, AudioEncoding::Mulaw8000, |cfg| {
         cfg.negotiated.srtp = Some(keys.clone());
     })
     .await;
@@ -1144,7 +1133,7 @@ async fn srtp_both_ways_with_forgeries_and_replays_dropped_and_counted() {
     // A plain RTP packet first: it must not latch or reach the agent.
     let plain = rtp_packet(0, 999, 0, 0x77, false, &[0xff; 160]);
     h.rtp.send_to(&plain, h.media).await.unwrap();
-    let payloads = tone_payloads(CodecKind::Pcmu, 1000.0, 25);
+    let payloads = tone_payloads(Codec::Pcmu, 1000.0, 25);
     let mut tick = tokio::time::interval(20 * MS);
     let mut first = Vec::new();
     for (i, p) in payloads.iter().enumerate() {

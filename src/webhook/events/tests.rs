@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::call::model::{Agent, AudioEncoding, Call, ResponseEngine};
+use crate::model::{Agent, AudioEncoding, Call, ResponseEngine};
 
 const KEY: &str = "hook-key-0123456789";
 

@@ -57,24 +57,6 @@ impl Transport {
             _ => None,
         }
     }
-
-    pub fn kind(self) -> crate::sip::transport::Kind {
-        use crate::sip::transport::Kind;
-        match self {
-            Transport::Tcp => Kind::Tcp,
-            Transport::Udp => Kind::Udp,
-            Transport::Tls => Kind::Tls,
-        }
-    }
-
-    pub fn from_kind(kind: crate::sip::transport::Kind) -> Transport {
-        use crate::sip::transport::Kind;
-        match kind {
-            Kind::Tcp => Transport::Tcp,
-            Kind::Udp => Transport::Udp,
-            Kind::Tls => Transport::Tls,
-        }
-    }
 }
 
 /// `agent_version` of a weighted agent: the SDK allows a number or a tag name. Kept and
@@ -95,9 +77,6 @@ pub struct WeightedAgent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<AgentVersion>,
 }
-
-/// Codecs a trunk leg may offer, in the order of preference used when none is given.
-pub const SUPPORTED_CODECS: [&str; 3] = ["PCMU", "PCMA", "G722"];
 
 /// An imported number. `phone_number` is the key; a lookup matches it with or without
 /// the leading `+` (see [`lookup_key`]), so `+14155550100` and `14155550100` cannot both
@@ -123,7 +102,8 @@ pub struct PhoneNumber {
     /// ISO 3166-1 alpha-2 codes; `None` or empty allows every country.
     pub allowed_inbound_country_list: Option<Vec<String>>,
     pub allowed_outbound_country_list: Option<Vec<String>>,
-    /// Upper-case names from [`SUPPORTED_CODECS`], in order of preference.
+    /// Encoding names (`PCMU`, `PCMA`, `G722`), in order of preference; checked by the API
+    /// against the codecs the media layer runs.
     pub codecs: Vec<String>,
     /// Optimistic-lock counter for updates; not part of the API.
     pub version: i64,
@@ -210,14 +190,6 @@ pub fn is_country_code(code: &str) -> bool {
     code.len() == 2
         && code.bytes().all(|b| b.is_ascii_uppercase())
         && COUNTRIES.split_ascii_whitespace().any(|c| c == code)
-}
-
-/// The supported codec named `name` (any case), in its canonical spelling.
-pub fn codec_name(name: &str) -> Option<&'static str> {
-    let name = name.trim();
-    SUPPORTED_CODECS
-        .into_iter()
-        .find(|c| c.eq_ignore_ascii_case(name))
 }
 
 /// Picks an agent by weight. `rand01` is a uniform draw from [0, 1); it is scaled by the
@@ -308,13 +280,10 @@ mod tests {
     }
 
     #[test]
-    fn countries_and_codecs() {
+    fn country_codes() {
         assert_eq!(COUNTRIES.split_ascii_whitespace().count(), 249);
         assert!(is_country_code("US") && is_country_code("GB") && is_country_code("ZW"));
         assert!(!is_country_code("us") && !is_country_code("UK") && !is_country_code("USA"));
-        assert_eq!(codec_name("pcmu"), Some("PCMU"));
-        assert_eq!(codec_name("g722"), Some("G722"));
-        assert_eq!(codec_name("opus"), None);
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub fn admits(list: Option<&[String]>, country: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::number::is_country_code;
+    use crate::model::number::is_country_code;
 
     fn check(cases: &[(&str, &str)]) {
         for (number, country) in cases {
