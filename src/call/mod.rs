@@ -2,6 +2,8 @@
 //! agent and ends them the right way. The records they leave are in [`crate::model`].
 
 pub mod engine;
+pub mod leg;
+pub mod rejection;
 
 use crate::model;
 
