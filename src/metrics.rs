@@ -107,8 +107,9 @@ pub fn media_sessions(delta: f64) {
     gauge!("dialtone_media_sessions").increment(delta);
 }
 
-/// An inbound call refused before it was routed, by cause (`country_not_allowed`,
-/// `no_route`: no registered call or imported number with an agent, `store_unavailable`).
+/// An inbound INVITE refused rather than answered, by cause: the `cause` column of the
+/// rejection table in `call::rejection` (`no_route`, `country_not_allowed`,
+/// `store_unavailable`, `offer_not_acceptable`, `agent_unreachable`, `cancelled`, ...).
 pub fn inbound_call_rejected(cause: &'static str) {
     counter!("dialtone_inbound_calls_rejected_total", "cause" => cause).increment(1);
 }

@@ -367,6 +367,10 @@ impl Leg {
         let AgentState::Opening { early } = self.agent else {
             return;
         };
+        if self.is_done() {
+            // The driver drops whatever it was still opening with the leg.
+            return;
+        }
         self.agent = if opened {
             AgentState::Open
         } else {
