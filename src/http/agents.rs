@@ -17,10 +17,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error::decode;
+use super::error::{decode, nullable};
 use super::{ApiError, ApiJson, AppState};
 use crate::model::{Agent, AudioEncoding, ResponseEngine};
 use crate::store::{new_id, now_ms, SortOrder};
@@ -41,8 +41,6 @@ const RING_DURATION_RANGE: (i64, i64) = (5_000, 300_000);
 const MAX_URL_LEN: usize = 2048;
 const MAX_HEADERS: usize = 32;
 const MAX_NAME_LEN: usize = 256;
-const DEFAULT_PAGE: u32 = 50;
-const MAX_PAGE: u32 = 1000;
 
 /// Headers the websocket client sets itself; letting an agent override them would break
 /// the upgrade handshake.
@@ -187,16 +185,6 @@ fn check_webhook(url: Option<String>) -> Result<Option<String>, ApiError> {
     Ok(url)
 }
 
-/// `Some(None)` for an explicit `null`, so an update can clear a field; a missing field
-/// stays `None` through `#[serde(default)]`.
-fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
-}
-
 #[derive(Debug, Deserialize)]
 pub struct CreateAgent {
     response_engine: EngineIn,
@@ -338,26 +326,7 @@ pub async fn list_v2(
             ));
         }
     }
-    let limit = match query.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| {
-                ApiError::bad_field("limit", format!("limit must be between 1 and {MAX_PAGE}"))
-            })?,
-    };
-    let sort_order = match query.get("sort_order").map(String::as_str) {
-        None | Some("descending") => SortOrder::Descending,
-        Some("ascending") => SortOrder::Ascending,
-        Some(_) => {
-            return Err(ApiError::bad_field(
-                "sort_order",
-                "sort_order must be ascending or descending",
-            ))
-        }
-    };
+    let (limit, sort_order) = super::paging::from_query(&query)?;
     let page = state
         .store()
         .list_agents(

@@ -12,9 +12,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::error::nullable;
 use super::{ApiError, ApiJson, AppState};
 use crate::model::country::{admits, country_of};
 use crate::model::number::PhoneNumber;
@@ -27,20 +28,9 @@ use crate::store::{
 /// Retell's limit on `metadata`; the same bound holds the dynamic variables.
 const MAX_JSON_BYTES: usize = 50 * 1024;
 const MAX_NUMBER_LEN: usize = 64;
-const DEFAULT_PAGE: i64 = 50;
-const MAX_PAGE: i64 = 1000;
 
 fn not_found(call_id: &str) -> ApiError {
     ApiError::NotFound(format!("call {call_id} not found"))
-}
-
-/// `Some(None)` for an explicit `null` (clears the field), `None` when absent.
-fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// `agent_version`: the SDK types it as a string or an integer.
@@ -60,6 +50,15 @@ pub struct RegisterPhoneCall {
     direction: Option<Direction>,
     metadata: Option<Value>,
     retell_llm_dynamic_variables: Option<BTreeMap<String, String>>,
+}
+
+/// A call's `metadata` and dynamic variables, each within Retell's size limit.
+fn check_context(
+    metadata: Option<&Value>,
+    variables: Option<&BTreeMap<String, String>>,
+) -> Result<(), ApiError> {
+    check_size("metadata", metadata)?;
+    check_size("retell_llm_dynamic_variables", variables)
 }
 
 fn check_size<T: serde::Serialize>(field: &str, value: Option<&T>) -> Result<(), ApiError> {
@@ -99,9 +98,8 @@ pub async fn register_phone_call(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RegisterPhoneCall>,
 ) -> Result<Response, ApiError> {
-    check_size("metadata", body.metadata.as_ref())?;
-    check_size(
-        "retell_llm_dynamic_variables",
+    check_context(
+        body.metadata.as_ref(),
         body.retell_llm_dynamic_variables.as_ref(),
     )?;
     let from_number = check_number("from_number", body.from_number)?;
@@ -131,28 +129,12 @@ pub async fn register_phone_call(
     let call_id = new_id("call_");
     let call = Call {
         sip_uri: Some(sip_uri(&call_id, &state.public_host)),
-        call_id,
-        call_type: "phone_call".to_owned(),
-        agent_id: agent.agent_id,
-        agent_name: agent.agent_name,
-        agent_version: agent.version,
-        call_status: CallStatus::Registered,
-        direction: body.direction.unwrap_or_default(),
         from_number,
         to_number,
         metadata: body.metadata.filter(|m| !m.is_null()),
         retell_llm_dynamic_variables: body.retell_llm_dynamic_variables,
-        custom_sip_headers: None,
-        start_timestamp: None,
-        end_timestamp: None,
-        duration_ms: None,
-        disconnection_reason: None,
-        telephony_identifier: None,
-        transfer_destination: None,
-        codec: None,
-        sip_status: None,
         registered_until: Some(now.saturating_add(window)),
-        created_timestamp: now,
+        ..Call::new(call_id, &agent, body.direction.unwrap_or_default(), now)
     };
     state.store().insert_call(&call).await?;
     tracing::info!(call_id = %call.call_id, agent_id = %call.agent_id, "call registered");
@@ -348,13 +330,7 @@ pub async fn list(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ListCalls>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = body.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_field(
-            "limit",
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ));
-    }
+    let limit = super::paging::limit(body.limit)?;
     if body.skip.is_some_and(|s| s != 0) {
         return Err(ApiError::bad_field(
             "skip",
@@ -367,8 +343,7 @@ pub async fn list(
         .list_calls(
             &filter,
             body.sort_order.unwrap_or_default(),
-            // cannot fail: 1..=1000 checked above
-            u32::try_from(limit).unwrap_or(50),
+            limit,
             body.pagination_key.as_deref(),
         )
         .await?;
@@ -532,9 +507,8 @@ pub async fn create_phone_call(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreatePhoneCall>,
 ) -> Result<Response, ApiError> {
-    check_size("metadata", body.metadata.as_ref())?;
-    check_size(
-        "retell_llm_dynamic_variables",
+    check_context(
+        body.metadata.as_ref(),
         body.retell_llm_dynamic_variables.as_ref(),
     )?;
     let ignore_e164 = body.ignore_e164_validation.unwrap_or(false);
@@ -604,29 +578,12 @@ pub async fn create_phone_call(
         .ok_or_else(|| ApiError::NotFound(format!("agent {agent_id} not found")))?;
     let now = now_ms();
     let call = Call {
-        call_id: new_id("call_"),
-        call_type: "phone_call".to_owned(),
-        agent_id: agent.agent_id,
-        agent_name: agent.agent_name,
-        agent_version: agent.version,
-        call_status: CallStatus::Registered,
-        direction: Direction::Outbound,
         from_number: Some(number.phone_number.clone()),
         to_number: Some(body.to_number),
         metadata: body.metadata.filter(|m| !m.is_null()),
         retell_llm_dynamic_variables: body.retell_llm_dynamic_variables,
         custom_sip_headers: (!headers.is_empty()).then_some(headers),
-        start_timestamp: None,
-        end_timestamp: None,
-        duration_ms: None,
-        disconnection_reason: None,
-        telephony_identifier: None,
-        transfer_destination: None,
-        sip_uri: None,
-        codec: None,
-        sip_status: None,
-        registered_until: None,
-        created_timestamp: now,
+        ..Call::new(new_id("call_"), &agent, Direction::Outbound, now)
     };
     state.store().insert_call(&call).await?;
     if !state.calls.dial(call.clone(), number) {

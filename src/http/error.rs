@@ -168,6 +168,16 @@ where
     }
 }
 
+/// For `#[serde(default, deserialize_with = "nullable")]` on an `Option<Option<T>>`:
+/// `Some(None)` for an explicit `null` (an update clears the field), `None` when absent.
+pub fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
 fn bytes_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod calls;
 pub mod error;
 pub mod numbers;
+pub mod paging;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -19,10 +19,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::agents::check_url;
+use super::error::nullable;
 use super::{ApiError, ApiJson, AppState};
 use crate::media::codec::Codec;
 use crate::model::number::{
@@ -41,20 +42,9 @@ const MAX_COUNTRIES: usize = 300;
 const MAX_TAG_LEN: usize = 64;
 /// How far a list's weights may stray from 1 (clients compute them in floating point).
 const WEIGHT_TOLERANCE: f64 = 0.001;
-const DEFAULT_PAGE: u32 = 50;
-const MAX_PAGE: u32 = 1000;
 
 fn not_found(number: &str) -> ApiError {
     ApiError::NotFound(format!("phone number {number} not found"))
-}
-
-/// `Some(None)` for an explicit `null` (clears the field), `None` when absent.
-fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// One entry of `inbound_agents` / `outbound_agents` as a request carries it.
@@ -596,26 +586,7 @@ pub async fn list_v2(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = match query.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| {
-                ApiError::bad_field("limit", format!("limit must be between 1 and {MAX_PAGE}"))
-            })?,
-    };
-    let sort_order = match query.get("sort_order").map(String::as_str) {
-        None | Some("descending") => SortOrder::Descending,
-        Some("ascending") => SortOrder::Ascending,
-        Some(_) => {
-            return Err(ApiError::bad_field(
-                "sort_order",
-                "sort_order must be ascending or descending",
-            ))
-        }
-    };
+    let (limit, sort_order) = super::paging::from_query(&query)?;
     let page = state
         .store()
         .list_numbers(

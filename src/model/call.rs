@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::agent::Agent;
+
 /// `call_status` of the call object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -218,6 +220,43 @@ pub struct Call {
     /// When the registration window closes (Unix ms); registered calls only.
     pub registered_until: Option<i64>,
     pub created_timestamp: i64,
+}
+
+impl Call {
+    /// A new call with `agent`, not yet connected (`registered`), with nothing known
+    /// about it yet: what every call starts as, whichever way it came in or goes out.
+    pub fn new(
+        call_id: String,
+        agent: &Agent,
+        direction: Direction,
+        created_timestamp: i64,
+    ) -> Call {
+        Call {
+            call_id,
+            call_type: "phone_call".to_owned(),
+            agent_id: agent.agent_id.clone(),
+            agent_name: agent.agent_name.clone(),
+            agent_version: agent.version,
+            call_status: CallStatus::Registered,
+            direction,
+            from_number: None,
+            to_number: None,
+            metadata: None,
+            retell_llm_dynamic_variables: None,
+            custom_sip_headers: None,
+            start_timestamp: None,
+            end_timestamp: None,
+            duration_ms: None,
+            disconnection_reason: None,
+            telephony_identifier: None,
+            transfer_destination: None,
+            sip_uri: None,
+            codec: None,
+            sip_status: None,
+            registered_until: None,
+            created_timestamp,
+        }
+    }
 }
 
 #[cfg(test)]

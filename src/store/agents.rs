@@ -3,7 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{is_unique_violation, Bind, Page, SortOrder, Sql, Store, StoreError};
+use super::{is_unique_violation, Keyset, Page, SortOrder, Store, StoreError};
 use crate::model::{Agent, ResponseEngine};
 
 const COLUMNS: &str = "agent_id, agent_name, version, response_engine, webhook_url, \
@@ -59,48 +59,14 @@ impl Store {
         limit: Option<u32>,
         pagination_key: Option<&str>,
     ) -> Result<Page<Agent>, StoreError> {
-        let mut sql = Sql::new(&format!("SELECT {COLUMNS} FROM agents"));
-        if let Some(key) = pagination_key {
-            let created = self
-                .agent_created(key)
-                .await?
-                .ok_or(StoreError::UnknownCursor)?;
-            let ts = sql.bind(Bind::Int(created));
-            let id = sql.bind(Bind::Text(key.to_owned()));
-            let cmp = sort_order.after();
-            sql.push(&format!(
-                " WHERE (created_timestamp {cmp} {ts} OR (created_timestamp = {ts} AND agent_id {cmp} {id}))"
-            ));
-        }
-        let dir = sort_order.sql();
-        sql.push(&format!(
-            " ORDER BY created_timestamp {dir}, agent_id {dir}"
-        ));
-        if let Some(limit) = limit {
-            // One extra row tells whether another page follows.
-            let n = sql.bind(Bind::Int(i64::from(limit) + 1));
-            sql.push(&format!(" LIMIT {n}"));
-        }
-        let rows = sql.query().fetch_all(&self.pool).await?;
-        let mut items = rows
-            .iter()
-            .map(agent_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let has_more = limit.is_some_and(|l| items.len() > l as usize);
-        if let Some(limit) = limit {
-            items.truncate(limit as usize);
-        }
-        Ok(Page { items, has_more })
-    }
-
-    async fn agent_created(&self, agent_id: &str) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query("SELECT created_timestamp FROM agents WHERE agent_id = $1")
-            .bind(agent_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row
-            .map(|r| r.try_get::<i64, _>("created_timestamp"))
-            .transpose()?)
+        let keyset = Keyset {
+            key_column: "agent_id",
+            sort_order,
+            cursor: self.cursor("agents", "agent_id", pagination_key).await?,
+            limit,
+        };
+        self.list_page(&keyset, COLUMNS, "agents", agent_from_row)
+            .await
     }
 
     /// Applies `edit` to the stored agent and writes it back with `version` + 1 and

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{is_unique_violation, Bind, Page, SortOrder, Sql, Store, StoreError};
+use super::{is_unique_violation, Bind, Keyset, Page, SortOrder, Sql, Store, StoreError};
 use crate::model::{Call, CallStatus, Direction, DisconnectionReason};
 
 const COLUMNS: &str = "call_id, call_type, agent_id, agent_name, agent_version, call_status, \
@@ -160,34 +160,23 @@ impl Store {
         limit: u32,
         pagination_key: Option<&str>,
     ) -> Result<Page<Call>, StoreError> {
+        let keyset = Keyset {
+            key_column: "call_id",
+            sort_order,
+            cursor: self.cursor("calls", "call_id", pagination_key).await?,
+            limit: Some(limit),
+        };
         let mut sql = Sql::new(&format!("SELECT {COLUMNS} FROM calls WHERE "));
         let mut clauses = filter_clauses(filter, &mut sql);
-        if let Some(key) = pagination_key {
-            let created = self
-                .call_created(key)
-                .await?
-                .ok_or(StoreError::UnknownCursor)?;
-            let ts = sql.bind(Bind::Int(created));
-            let id = sql.bind(Bind::Text(key.to_owned()));
-            let cmp = sort_order.after();
-            clauses.push(format!(
-                "(created_timestamp {cmp} {ts} OR (created_timestamp = {ts} AND call_id {cmp} {id}))"
-            ));
-        }
+        clauses.extend(keyset.after(&mut sql));
         sql.push(&where_text(&clauses));
-        let dir = sort_order.sql();
-        let n = sql.bind(Bind::Int(i64::from(limit) + 1));
-        sql.push(&format!(
-            " ORDER BY created_timestamp {dir}, call_id {dir} LIMIT {n}"
-        ));
+        keyset.order_and_limit(&mut sql);
         let rows = sql.query().fetch_all(&self.pool).await?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(call_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let has_more = items.len() > limit as usize;
-        items.truncate(limit as usize);
-        Ok(Page { items, has_more })
+        Ok(keyset.page(items))
     }
 
     /// How many calls match `filter` (for `include_total`).
@@ -197,16 +186,6 @@ impl Store {
         sql.push(&where_text(&clauses));
         let row = sql.query().fetch_one(&self.pool).await?;
         Ok(row.try_get::<i64, _>("n")?)
-    }
-
-    async fn call_created(&self, call_id: &str) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query("SELECT created_timestamp FROM calls WHERE call_id = $1")
-            .bind(call_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row
-            .map(|r| r.try_get::<i64, _>("created_timestamp"))
-            .transpose()?)
     }
 
     /// Changes caller-supplied data (any call status). Returns the updated call, or `None`

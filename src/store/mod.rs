@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Executor, Row as _};
 
 pub use calls::{AgentMatch, CallFilter, CallUpdate, Claim, DeleteCall, NumberMatch, TextMatch};
 pub use sweeper::spawn_registration_sweeper;
@@ -109,6 +109,52 @@ impl SortOrder {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub has_more: bool,
+}
+
+/// Keyset pagination over `(created_timestamp, key)`, the order every listing uses: rows
+/// strictly after the cursor (the previous page's last row) in the sort order, and one row
+/// more than the page holds, to tell whether another page follows.
+struct Keyset {
+    /// The table's key column (`agent_id`, `call_id`, ...). Never user input.
+    key_column: &'static str,
+    sort_order: SortOrder,
+    /// The previous page's last row: its creation time and key.
+    cursor: Option<(i64, String)>,
+    /// `None` lists every row.
+    limit: Option<u32>,
+}
+
+impl Keyset {
+    /// The condition selecting rows after the cursor (its values bound into `sql`), or
+    /// `None` on the first page.
+    fn after(&self, sql: &mut Sql) -> Option<String> {
+        let (created, key) = self.cursor.clone()?;
+        let ts = sql.bind(Bind::Int(created));
+        let id = sql.bind(Bind::Text(key));
+        let (cmp, col) = (self.sort_order.after(), self.key_column);
+        Some(format!(
+            "(created_timestamp {cmp} {ts} OR (created_timestamp = {ts} AND {col} {cmp} {id}))"
+        ))
+    }
+
+    /// `ORDER BY` and `LIMIT`, appended to `sql`.
+    fn order_and_limit(&self, sql: &mut Sql) {
+        let (dir, col) = (self.sort_order.sql(), self.key_column);
+        sql.push(&format!(" ORDER BY created_timestamp {dir}, {col} {dir}"));
+        if let Some(limit) = self.limit {
+            let n = sql.bind(Bind::Int(i64::from(limit) + 1));
+            sql.push(&format!(" LIMIT {n}"));
+        }
+    }
+
+    /// The page from the rows fetched (one more than the page holds, when there are more).
+    fn page<T>(&self, mut items: Vec<T>) -> Page<T> {
+        let has_more = self.limit.is_some_and(|l| items.len() > l as usize);
+        if let Some(limit) = self.limit {
+            items.truncate(limit as usize);
+        }
+        Page { items, has_more }
+    }
 }
 
 /// The database handle. Cheap to clone: clones share one connection pool.
@@ -359,6 +405,51 @@ impl Sql {
             };
         }
         query
+    }
+}
+
+impl Store {
+    /// The cursor for a page after `key` in `table`: its creation time, or
+    /// [`StoreError::UnknownCursor`] when no such row exists. `table` and `key_column` are
+    /// ours, never user input.
+    async fn cursor(
+        &self,
+        table: &'static str,
+        key_column: &'static str,
+        key: Option<&str>,
+    ) -> Result<Option<(i64, String)>, StoreError> {
+        let Some(key) = key else { return Ok(None) };
+        let row = sqlx::query(&format!(
+            "SELECT created_timestamp FROM {table} WHERE {key_column} = $1"
+        ))
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::UnknownCursor)?;
+        Ok(Some((
+            row.try_get::<i64, _>("created_timestamp")?,
+            key.to_owned(),
+        )))
+    }
+}
+
+impl Store {
+    /// One page of `SELECT {columns} FROM {table}` in keyset order, each row read by `read`.
+    async fn list_page<T>(
+        &self,
+        keyset: &Keyset,
+        columns: &str,
+        table: &str,
+        read: fn(&sqlx::any::AnyRow) -> Result<T, StoreError>,
+    ) -> Result<Page<T>, StoreError> {
+        let mut sql = Sql::new(&format!("SELECT {columns} FROM {table}"));
+        if let Some(after) = keyset.after(&mut sql) {
+            sql.push(&format!(" WHERE {after}"));
+        }
+        keyset.order_and_limit(&mut sql);
+        let rows = sql.query().fetch_all(&self.pool).await?;
+        let items = rows.iter().map(read).collect::<Result<Vec<_>, _>>()?;
+        Ok(keyset.page(items))
     }
 }
 

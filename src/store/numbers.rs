@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{is_unique_violation, Bind, Page, SortOrder, Sql, Store, StoreError};
+use super::{is_unique_violation, Keyset, Page, SortOrder, Store, StoreError};
 use crate::model::number::{lookup_key, PhoneNumber, Secret, Transport, WeightedAgent};
 
 const COLUMNS: &str = "phone_number, lookup_key, nickname, inbound_agents, outbound_agents, \
@@ -101,39 +101,24 @@ impl Store {
         limit: Option<u32>,
         pagination_key: Option<&str>,
     ) -> Result<Page<PhoneNumber>, StoreError> {
-        let mut sql = Sql::new(&format!("SELECT {COLUMNS} FROM phone_numbers"));
-        if let Some(key) = pagination_key {
-            let cursor = self
-                .get_number(key)
-                .await?
-                .ok_or(StoreError::UnknownCursor)?;
-            let ts = sql.bind(Bind::Int(cursor.created_timestamp));
-            let id = sql.bind(Bind::Text(cursor.phone_number));
-            let cmp = sort_order.after();
-            sql.push(&format!(
-                " WHERE (created_timestamp {cmp} {ts} \
-                 OR (created_timestamp = {ts} AND phone_number {cmp} {id}))"
-            ));
-        }
-        let dir = sort_order.sql();
-        sql.push(&format!(
-            " ORDER BY created_timestamp {dir}, phone_number {dir}"
-        ));
-        if let Some(limit) = limit {
-            // One extra row tells whether another page follows.
-            let n = sql.bind(Bind::Int(i64::from(limit) + 1));
-            sql.push(&format!(" LIMIT {n}"));
-        }
-        let rows = sql.query().fetch_all(&self.pool).await?;
-        let mut items = rows
-            .iter()
-            .map(number_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let has_more = limit.is_some_and(|l| items.len() > l as usize);
-        if let Some(limit) = limit {
-            items.truncate(limit as usize);
-        }
-        Ok(Page { items, has_more })
+        let keyset = Keyset {
+            key_column: "phone_number",
+            sort_order,
+            // The cursor is found as any number is, with or without its `+`.
+            cursor: match pagination_key {
+                Some(key) => {
+                    let n = self
+                        .get_number(key)
+                        .await?
+                        .ok_or(StoreError::UnknownCursor)?;
+                    Some((n.created_timestamp, n.phone_number))
+                }
+                None => None,
+            },
+            limit,
+        };
+        self.list_page(&keyset, COLUMNS, "phone_numbers", number_from_row)
+            .await
     }
 
     /// Applies `edit` to the stored number and writes it back with

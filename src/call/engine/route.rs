@@ -10,7 +10,7 @@ use super::{now_ms, user_of, Engine};
 use crate::call::rejection::Rejection;
 use crate::model::country;
 use crate::model::number::pick_agent;
-use crate::model::{Call, CallStatus, Direction};
+use crate::model::{Call, Direction};
 use crate::sip::message::{self, Request};
 use crate::store::StoreError;
 
@@ -133,29 +133,17 @@ impl Engine {
             .map(|(name, value)| (name.to_string(), value.to_string()))
             .collect();
         Ok(Call {
-            call_id: crate::store::new_id("call_"),
-            call_type: "phone_call".to_string(),
-            agent_id: agent.agent_id.clone(),
-            agent_name: agent.agent_name.clone(),
-            agent_version: agent.version,
-            call_status: CallStatus::Registered,
-            direction: Direction::Inbound,
             from_number,
             to_number: Some(number.phone_number.clone()),
             metadata: hook.metadata.filter(|m| !m.is_null()),
             retell_llm_dynamic_variables: hook.dynamic_variables,
             custom_sip_headers: (!custom.is_empty()).then_some(custom),
-            start_timestamp: None,
-            end_timestamp: None,
-            duration_ms: None,
-            disconnection_reason: None,
-            telephony_identifier: None,
-            transfer_destination: None,
-            sip_uri: None,
-            codec: None,
-            sip_status: None,
-            registered_until: None,
-            created_timestamp: now_ms(),
+            ..Call::new(
+                crate::store::new_id("call_"),
+                &agent,
+                Direction::Inbound,
+                now_ms(),
+            )
         })
     }
 }
