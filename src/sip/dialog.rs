@@ -155,6 +155,17 @@ impl Dialog {
     /// The ACK of a 2xx to our INVITE (RFC 3261 §13.2.2.4): the INVITE's CSeq number, sent
     /// to the remote target; the endpoint adds a fresh Via.
     pub fn ack(&self, invite_cseq: u32) -> Request {
+        Request {
+            method: Method::Ack,
+            uri: self.remote_target.clone(),
+            headers: self.headers(invite_cseq, &Method::Ack),
+            body: Bytes::new(),
+        }
+    }
+
+    /// What every request in the dialog carries (§12.2.1.1): the route set, our From with
+    /// its tag, their To with theirs, the Call-ID, the CSeq and Max-Forwards.
+    fn headers(&self, cseq: u32, method: &Method) -> Headers {
         let mut headers = Headers::default();
         for route in &self.route_set {
             headers.push("Route", route.as_str());
@@ -162,14 +173,9 @@ impl Dialog {
         headers.push("From", format!("{};tag={}", self.local, self.key.local_tag));
         headers.push("To", self.remote.as_str());
         headers.push("Call-ID", self.key.call_id.as_str());
-        headers.push("CSeq", format!("{invite_cseq} ACK"));
+        headers.push("CSeq", format!("{cseq} {}", method.as_str()));
         headers.push("Max-Forwards", "70");
-        Request {
-            method: Method::Ack,
-            uri: self.remote_target.clone(),
-            headers,
-            body: Bytes::new(),
-        }
+        headers
     }
 
     /// A new request inside the dialog (BYE, re-INVITE, INFO, ...), without Via: the
@@ -181,15 +187,7 @@ impl Dialog {
         body: Option<(&str, Bytes)>,
     ) -> Request {
         self.local_cseq = self.local_cseq.wrapping_add(1).max(1);
-        let mut headers = Headers::default();
-        for route in &self.route_set {
-            headers.push("Route", route.as_str());
-        }
-        headers.push("From", format!("{};tag={}", self.local, self.key.local_tag));
-        headers.push("To", self.remote.as_str());
-        headers.push("Call-ID", self.key.call_id.as_str());
-        headers.push("CSeq", format!("{} {}", self.local_cseq, method.as_str()));
-        headers.push("Max-Forwards", "70");
+        let mut headers = self.headers(self.local_cseq, &method);
         if matches!(method, Method::Invite | Method::Update) {
             headers.push("Contact", contact);
         }

@@ -132,76 +132,52 @@ pub const ULAW_SILENCE: u8 = linear_to_ulaw(0);
 /// A-law silence (the code for linear 0).
 pub const ALAW_SILENCE: u8 = linear_to_alaw(0);
 
-/// Encodes PCM to μ-law; returns the number of bytes written.
-pub fn encode_ulaw(pcm: &[i16], out: &mut [u8]) -> usize {
-    let n = pcm.len().min(out.len());
-    for (o, &s) in out[..n].iter_mut().zip(&pcm[..n]) {
-        *o = linear_to_ulaw(s);
+/// Writes `f` of each input into `out`, as far as both go; returns how many. The one loop
+/// every conversion here is, so the per-packet path never allocates or panics on odd sizes.
+#[inline]
+fn convert<A: Copy, B>(input: &[A], out: &mut [B], f: impl Fn(A) -> B) -> usize {
+    let n = input.len().min(out.len());
+    for (o, &x) in out[..n].iter_mut().zip(&input[..n]) {
+        *o = f(x);
     }
     n
+}
+
+/// Encodes PCM to μ-law; returns the number of bytes written.
+pub fn encode_ulaw(pcm: &[i16], out: &mut [u8]) -> usize {
+    convert(pcm, out, linear_to_ulaw)
 }
 
 /// Encodes PCM to A-law; returns the number of bytes written.
 pub fn encode_alaw(pcm: &[i16], out: &mut [u8]) -> usize {
-    let n = pcm.len().min(out.len());
-    for (o, &s) in out[..n].iter_mut().zip(&pcm[..n]) {
-        *o = linear_to_alaw(s);
-    }
-    n
+    convert(pcm, out, linear_to_alaw)
 }
 
 /// Decodes μ-law to PCM; returns the number of samples written.
 pub fn decode_ulaw(data: &[u8], out: &mut [i16]) -> usize {
-    let n = data.len().min(out.len());
-    for (o, &b) in out[..n].iter_mut().zip(&data[..n]) {
-        *o = ULAW_TO_LINEAR[b as usize];
-    }
-    n
+    convert(data, out, |b| ULAW_TO_LINEAR[b as usize])
 }
 
 /// Decodes A-law to PCM; returns the number of samples written.
 pub fn decode_alaw(data: &[u8], out: &mut [i16]) -> usize {
-    let n = data.len().min(out.len());
-    for (o, &b) in out[..n].iter_mut().zip(&data[..n]) {
-        *o = ALAW_TO_LINEAR[b as usize];
-    }
-    n
+    convert(data, out, |b| ALAW_TO_LINEAR[b as usize])
 }
 
 /// Transcodes μ-law to A-law without a PCM buffer; returns the number of bytes written.
 pub fn transcode_ulaw_to_alaw(data: &[u8], out: &mut [u8]) -> usize {
-    let n = data.len().min(out.len());
-    for (o, &b) in out[..n].iter_mut().zip(&data[..n]) {
-        *o = ULAW_TO_ALAW[b as usize];
-    }
-    n
+    convert(data, out, |b| ULAW_TO_ALAW[b as usize])
 }
 
 /// Transcodes A-law to μ-law without a PCM buffer; returns the number of bytes written.
 pub fn transcode_alaw_to_ulaw(data: &[u8], out: &mut [u8]) -> usize {
-    let n = data.len().min(out.len());
-    for (o, &b) in out[..n].iter_mut().zip(&data[..n]) {
-        *o = ALAW_TO_ULAW[b as usize];
-    }
-    n
+    convert(data, out, alaw_to_ulaw)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/codecs/");
-
-    fn read(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{DIR}{name}")).expect("golden vector present")
-    }
-
-    fn s16le(bytes: &[u8]) -> Vec<i16> {
-        bytes
-            .chunks_exact(2)
-            .map(|c| i16::from_le_bytes([c[0], c[1]]))
-            .collect()
-    }
+    use crate::media::codec::golden::{read, s16le};
 
     fn all_int16() -> Vec<i16> {
         (i16::MIN..=i16::MAX).collect()

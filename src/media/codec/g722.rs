@@ -329,18 +329,7 @@ impl G722Decoder {
 mod tests {
     use super::*;
 
-    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/codecs/");
-
-    fn read(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{DIR}{name}")).expect("golden vector present")
-    }
-
-    fn s16le(bytes: &[u8]) -> Vec<i16> {
-        bytes
-            .chunks_exact(2)
-            .map(|c| i16::from_le_bytes([c[0], c[1]]))
-            .collect()
-    }
+    use crate::media::codec::golden::{read, s16le};
 
     fn first_difference<T: PartialEq>(a: &[T], b: &[T]) -> Option<usize> {
         a.iter().zip(b).position(|(x, y)| x != y)

@@ -10,6 +10,23 @@ pub mod g722;
 
 pub use g722::{G722Decoder, G722Encoder};
 
+/// The golden vectors in `tests/data/codecs` (see its README), for the codec tests.
+#[cfg(test)]
+mod golden {
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/codecs/");
+
+    pub fn read(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{DIR}{name}")).expect("golden vector present")
+    }
+
+    pub fn s16le(bytes: &[u8]) -> Vec<i16> {
+        bytes
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect()
+    }
+}
+
 /// A codec we offer and accept on the RTP side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Codec {
