@@ -25,9 +25,10 @@ use crate::model::country;
 use crate::model::{Agent, Call, DisconnectionReason};
 use crate::sdp::{self, LocalMedia, Negotiated, Sdp};
 use crate::sip::dialog::{Dialog, DialogKey};
-use crate::sip::endpoint::{new_tag, Endpoint, Handler, ServerTxHandle, ALLOW};
+use crate::sip::endpoint::{Endpoint, Handler, ServerTxHandle};
 use crate::sip::message::{self, Method, Request, Response};
 use crate::sip::transport::{Inbound, Kind};
+use crate::sip::ua::{new_tag, ALLOW};
 use crate::store::{Claim, Store};
 use crate::webhook::events::CallEvents;
 

@@ -26,9 +26,10 @@ use crate::model::number::PhoneNumber;
 use crate::model::{Agent, Call, DisconnectionReason};
 use crate::sdp::{self, LocalMedia, Negotiated, Sdp};
 use crate::sip::dialog::Dialog;
-use crate::sip::endpoint::{new_tag, InviteEvent, OutgoingInvite, ALLOW};
+use crate::sip::endpoint::{InviteEvent, OutgoingInvite};
 use crate::sip::message::{self, Method, Request, Response};
 use crate::sip::transport::Target;
+use crate::sip::ua::{new_tag, ALLOW};
 
 /// The reason an outbound call ends with when its INVITE fails with `status` (API.md).
 fn dial_failure(status: u16) -> DisconnectionReason {
