@@ -45,7 +45,7 @@ pub enum Next {
 }
 
 /// What one kind of transaction adds to the loop in [`drive`]. Every method but
-/// [`Adapter::report`] is synchronous, so adapters are tested without a runtime.
+/// [`Adapter::report`] is synchronous, so tests call them directly, without the loop.
 pub trait Adapter: Send + 'static {
     type Machine: Transaction + Send;
     /// What the endpoint or the TU can tell the transaction.
@@ -250,7 +250,7 @@ impl Transactions {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding this lock cannot leave the map inconsistent (single inserts
     // and removes), so recover the guard rather than propagate the poison.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -258,24 +258,33 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 pub(crate) mod testutil {
-    //! Transactions over transports that are all disabled: every send fails at once, which
-    //! is all the adapter and driver tests need from a network.
+    //! Settings and transactions for the SIP stack's unit tests.
 
     use super::*;
     use crate::config::Settings;
     use std::sync::Arc;
 
-    pub async fn transactions() -> Arc<Transactions> {
+    /// The default configuration with no HTTP listener, no SIP listener but those `sip`
+    /// enables (`DIALTONE__SIP__UDP` and the like), and the other `sip` overrides.
+    pub fn settings(sip: &[(&str, &str)]) -> Settings {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
-        let env = [
+        let off = [
             ("DIALTONE__SIP__UDP", ""),
             ("DIALTONE__SIP__TCP", ""),
             ("DIALTONE__HTTP__LISTEN", ""),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let settings = Settings::load_with_env(&path, Some(env)).unwrap();
+        ];
+        let env = off
+            .iter()
+            .chain(sip)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_with_env(&path, Some(env)).unwrap()
+    }
+
+    /// Transactions over transports that are all disabled: every send fails at once, which
+    /// is all the adapter and driver tests need from a network.
+    pub async fn transactions() -> Arc<Transactions> {
+        let settings = settings(&[]);
         let (inbound, _) = mpsc::channel(1);
         let (_, shutdown) = tokio::sync::watch::channel(false);
         let transports = Transports::start(&settings, inbound, shutdown)

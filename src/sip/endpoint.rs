@@ -413,24 +413,16 @@ pub fn log_listening(transports: &Transports) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
-    use std::collections::HashMap as Map;
+    use crate::sip::driver::testutil::settings;
     use std::sync::Mutex;
     use std::time::Duration;
 
     /// An endpoint on its own UDP port on loopback, with its transports.
     async fn endpoint() -> (Endpoint, watch::Sender<bool>, SocketAddr) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
-        let env: Map<String, String> = [
+        let settings = settings(&[
             ("DIALTONE__SIP__UDP", "127.0.0.1:0"),
-            ("DIALTONE__SIP__TCP", ""),
-            ("DIALTONE__HTTP__LISTEN", ""),
             ("DIALTONE__SIP__T1_MS", "50"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let settings = Settings::load_with_env(&path, Some(env)).unwrap();
+        ]);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (draining_tx, draining_rx) = watch::channel(false);
         std::mem::forget(draining_tx);

@@ -95,18 +95,41 @@ pub fn stamp_request(req: &mut Request, via: String) {
 /// CSeq number; its Via (the INVITE's, same branch) is added with [`stamp_request`].
 pub fn cancel_for(invite: &Request) -> Request {
     let mut headers = message::Headers::default();
-    for (name, value) in invite.headers.iter() {
-        if ["From", "To", "Call-ID", "Route"]
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n))
-        {
+    copy_headers(&mut headers, invite, &["From", "To", "Call-ID", "Route"]);
+    derived(invite, Method::Cancel, headers)
+}
+
+/// The ACK of a non-2xx final response (RFC 3261 §17.1.1.3), which its client transaction
+/// sends: the INVITE's Request-URI, top Via and Route set, the response's To (with its tag).
+pub fn ack_for_failure(invite: &Request, resp: &Response) -> Request {
+    let mut headers = message::Headers::default();
+    if let Some(via) = invite.headers.get("Via") {
+        headers.push("Via", via);
+    }
+    headers.push("Max-Forwards", "70");
+    copy_headers(&mut headers, invite, &["From", "Call-ID", "Route"]);
+    if let Some(to) = resp.headers.get("To") {
+        headers.push("To", to);
+    }
+    derived(invite, Method::Ack, headers)
+}
+
+/// Appends every field of `from` named in `names`, in `from`'s order.
+fn copy_headers(headers: &mut message::Headers, from: &Request, names: &[&str]) {
+    for (name, value) in from.headers.iter() {
+        if names.iter().any(|n| name.eq_ignore_ascii_case(n)) {
             headers.push(name, value);
         }
     }
+}
+
+/// A bodiless `method` request for the INVITE's Request-URI, with `headers` and the
+/// INVITE's CSeq number.
+fn derived(invite: &Request, method: Method, mut headers: message::Headers) -> Request {
     let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
-    headers.push("CSeq", format!("{seq} CANCEL"));
+    headers.push("CSeq", format!("{seq} {}", method.as_str()));
     Request {
-        method: Method::Cancel,
+        method,
         uri: invite.uri.clone(),
         headers,
         body: bytes::Bytes::new(),
@@ -585,5 +608,21 @@ mod tests {
         assert_eq!(cancel.headers.get("CSeq"), Some("7 CANCEL"));
         assert_eq!(cancel.headers.get("Via"), None, "added when sent");
         assert!(cancel.body.is_empty());
+    }
+
+    #[test]
+    fn ack_of_a_failure_copies_what_rfc_3261_17_1_1_3_asks_for() {
+        let mut invite = request("INVITE", &["Route: <sip:proxy.example.com;lr>"], "");
+        invite.headers.set("CSeq", "7 INVITE");
+        let busy = Response::for_request(&invite, 486, "Busy Here", Some("peer"));
+        let ack = ack_for_failure(&invite, &busy);
+        assert_eq!(ack.method, Method::Ack);
+        assert_eq!(ack.uri, invite.uri);
+        for name in ["Via", "From", "Call-ID", "Route"] {
+            assert_eq!(ack.headers.get(name), invite.headers.get(name), "{name}");
+        }
+        assert_eq!(ack.headers.get("To"), Some("<sip:b@192.0.2.1>;tag=peer"));
+        assert_eq!(ack.headers.get("CSeq"), Some("7 ACK"));
+        assert_eq!(ack.headers.get("Max-Forwards"), Some("70"));
     }
 }

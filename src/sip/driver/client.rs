@@ -15,7 +15,7 @@ use tracing::debug;
 
 use super::{drive, lock, now, Adapter, Next, Transactions};
 use crate::metrics;
-use crate::sip::message::{self, Method, Request, Response};
+use crate::sip::message::{Method, Request, Response};
 use crate::sip::transaction::{ClientInvite, ClientKey, ClientNonInvite, Disposition, Event};
 use crate::sip::transport::Target;
 use crate::sip::ua;
@@ -249,7 +249,7 @@ impl Adapter for ClientInviteTx {
         match input {
             ClientInput::Response(resp) => {
                 let invite = &self.request;
-                let ack = || ack_for_failure(invite, &resp).to_bytes();
+                let ack = || ua::ack_for_failure(invite, &resp).to_bytes();
                 let disposition = self.machine.on_response(now, resp.status, ack);
                 (disposition == Disposition::PassToTu).then_some(InviteEvent::Response(resp))
             }
@@ -292,39 +292,11 @@ impl Drop for ClientInviteTx {
     }
 }
 
-/// The ACK of a non-2xx final (RFC 3261 §17.1.1.3): the INVITE's Request-URI, top Via and
-/// Route set, the response's To (with its tag).
-fn ack_for_failure(invite: &Request, resp: &Response) -> Request {
-    let mut headers = message::Headers::default();
-    if let Some(via) = invite.headers.get("Via") {
-        headers.push("Via", via);
-    }
-    headers.push("Max-Forwards", "70");
-    for (name, value) in invite.headers.iter() {
-        if name.eq_ignore_ascii_case("From")
-            || name.eq_ignore_ascii_case("Call-ID")
-            || name.eq_ignore_ascii_case("Route")
-        {
-            headers.push(name, value);
-        }
-    }
-    if let Some(to) = resp.headers.get("To") {
-        headers.push("To", to);
-    }
-    let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
-    headers.push("CSeq", format!("{seq} ACK"));
-    Request {
-        method: Method::Ack,
-        uri: invite.uri.clone(),
-        headers,
-        body: bytes::Bytes::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::testutil::transactions;
     use super::*;
+    use crate::sip::message;
     use crate::sip::transaction::{ClientInviteState, Transaction};
     use crate::sip::transport::Kind;
 
