@@ -162,7 +162,7 @@ async fn exchange(url: &Url, extra: &str, body: String) -> Result<(u16, Vec<u8>)
         "POST {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: {}\r\nContent-Type: application/json\r\n\
          Accept: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         url.path,
-        crate::sip::endpoint::PRODUCT,
+        crate::sip::ua::PRODUCT,
         body.len()
     );
     if url.tls {

@@ -25,11 +25,8 @@ pub fn limit(requested: Option<i64>) -> Result<u32, ApiError> {
 
 /// `limit` and `sort_order` from a query string (newest first unless `ascending`).
 pub fn from_query(query: &HashMap<String, String>) -> Result<(u32, SortOrder), ApiError> {
-    let requested = match query.get("limit") {
-        None => None,
-        // Not a number at all: out of range, with the same message.
-        Some(l) => Some(l.parse::<i64>().unwrap_or(0)),
-    };
+    // Not a number at all: out of range, with the same message.
+    let requested = query.get("limit").map(|l| l.parse::<i64>().unwrap_or(0));
     let sort_order = match query.get("sort_order").map(String::as_str) {
         None | Some("descending") => SortOrder::Descending,
         Some("ascending") => SortOrder::Ascending,

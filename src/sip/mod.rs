@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod dialog;
+pub mod driver;
 pub mod endpoint;
 pub mod framing;
 pub mod message;
@@ -10,3 +11,4 @@ pub mod resolve;
 pub mod route;
 pub mod transaction;
 pub mod transport;
+pub mod ua;

@@ -16,9 +16,10 @@ use crate::call::rejection::Rejection;
 use crate::model::{Agent, Call};
 use crate::sdp::{self, LocalMedia, Sdp};
 use crate::sip::dialog::Dialog;
-use crate::sip::endpoint::{new_tag, ServerTxHandle};
+use crate::sip::endpoint::ServerTxHandle;
 use crate::sip::message::{self, Request};
 use crate::sip::transport::Inbound;
+use crate::sip::ua::new_tag;
 use crate::store::Claim;
 
 /// Refuses an INVITE before (or without) a leg: the table's response, counted.

@@ -20,9 +20,9 @@ use crate::model::number::PhoneNumber;
 use crate::model::{Agent, Call, DisconnectionReason};
 use crate::sdp::{self, LocalMedia, Sdp};
 use crate::sip::auth::{Authenticator, Credentials};
-use crate::sip::endpoint::{new_tag, ALLOW};
 use crate::sip::message::{self, Method, Request};
 use crate::sip::transport::Target;
+use crate::sip::ua::{new_tag, ALLOW};
 
 /// The request URI for `to` at the trunk: the termination URI may be a bare host,
 /// host:port, carry `;transport=`, or be a whole URI.

@@ -12,8 +12,8 @@ use super::{accept, Action, Ending, Leg, Phase, TxId, INVITE_TX};
 use crate::call::rejection::Rejection;
 use crate::model::DisconnectionReason;
 use crate::sdp::{self, Sdp};
-use crate::sip::endpoint::ALLOW;
 use crate::sip::message::{Method, Request, Response};
+use crate::sip::ua::ALLOW;
 
 impl Leg {
     /// A request inside the call's dialog, with the server transaction it came in.

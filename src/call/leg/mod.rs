@@ -55,8 +55,8 @@ use crate::media::codec::Codec;
 use crate::model::DisconnectionReason;
 use crate::sdp::{self, Answer, LocalMedia, Negotiated, Sdp};
 use crate::sip::dialog::{Dialog, DialogKey};
-use crate::sip::endpoint::ALLOW;
 use crate::sip::message::{Method, Request, Response};
+use crate::sip::ua::ALLOW;
 use timers::{Timer, Timers};
 
 /// Names a server transaction the leg answers through. The driver keeps the handles.

@@ -10,8 +10,8 @@
 //!
 //! # Driving a machine
 //!
-//! A driver (one small tokio task per transaction) owns the machine and must keep to this
-//! order, as quinn-proto's `Connection` documents for its `poll_*` calls:
+//! A driver (one small tokio task per transaction, [`crate::sip::driver`]) owns the machine
+//! and must keep to this order, as quinn-proto's `Connection` documents for its `poll_*` calls:
 //!
 //! 1. **Create** the machine. Client machines queue the request for transmission at once.
 //! 2. **Feed one input**: a message the endpoint matched to this transaction
