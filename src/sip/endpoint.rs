@@ -26,6 +26,7 @@ use crate::sip::transaction::{
     ServerInviteState, ServerKey, ServerNonInvite, ServerNonInviteState, Transaction, TransmitKind,
 };
 use crate::sip::transport::{Inbound, Kind, Target, Transports};
+use crate::sip::uri::host_for_uri;
 
 /// Methods this server handles (in dialogs or out), advertised in `Allow`.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
@@ -883,15 +884,6 @@ fn accepts_sdp(req: &Request) -> bool {
             || mime == "*/*"
             || mime.eq_ignore_ascii_case("application/*")
     })
-}
-
-/// A host as it goes into a URI: IPv6 addresses in brackets.
-fn host_for_uri(host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    }
 }
 
 /// A fresh tag for To headers (RFC 3261 §19.3: at least 32 bits of randomness).
