@@ -2131,6 +2131,15 @@ mod tests {
         ] {
             assert!(NameAddr::parse(bad).is_err(), "{bad}");
         }
+        // Errors in the URI name the part that is wrong.
+        assert_eq!(
+            NameAddr::parse("<sip:a@b:port>").unwrap_err().to_string(),
+            "URI has a bad port 'port'"
+        );
+        assert_eq!(
+            NameAddr::parse("sip:a@b;;tag=1").unwrap_err().to_string(),
+            "malformed header parameter"
+        );
     }
 
     #[test]
