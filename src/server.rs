@@ -19,6 +19,7 @@ use crate::media::ports::PortPool;
 use crate::metrics;
 use crate::sip::endpoint::{self, Endpoint};
 use crate::sip::transport::{Kind, Transports};
+use crate::sip::uri::host_for_uri;
 use crate::store::{self, Store, StoreError};
 use crate::webhook::events::CallEvents;
 
@@ -69,19 +70,14 @@ pub enum StartError {
 /// The host part handed out in `sip:{call_id}@host`: the public host, with the SIP port
 /// when it is not the default 5060.
 fn sip_uri_host(settings: &Settings, transports: &Transports) -> String {
-    let host = &settings.sip.public_host;
-    let host = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.clone()
-    };
+    let host = host_for_uri(&settings.sip.public_host);
     let port = transports
         .local_addr(Kind::Udp)
         .or_else(|| transports.local_addr(Kind::Tcp))
         .map(|a| a.port());
     match port {
         Some(port) if port != 5060 => format!("{host}:{port}"),
-        _ => host,
+        _ => host.into_owned(),
     }
 }
 

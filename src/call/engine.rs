@@ -27,7 +27,7 @@ use crate::model::{Agent, Call, DisconnectionReason};
 use crate::sdp::Negotiated;
 use crate::sip::dialog::DialogKey;
 use crate::sip::endpoint::{Endpoint, Handler, ServerTxHandle};
-use crate::sip::message::{self, Request};
+use crate::sip::message::Request;
 use crate::sip::transport::Inbound;
 use crate::store::Store;
 use crate::webhook::events::CallEvents;
@@ -190,17 +190,6 @@ impl CallControl for Engine {
 /// How long a media session may take to stop (so the agent hears `stop`) before the call
 /// ends without waiting for it.
 const MEDIA_STOP_WAIT: Duration = Duration::from_secs(2);
-
-/// The user part of a `sip:`/`sips:`/`tel:` URI, unescaped.
-fn user_of(uri: &str) -> Option<String> {
-    if let Some(number) = uri.strip_prefix("tel:") {
-        let number = number.split(';').next().unwrap_or("");
-        return (!number.is_empty()).then(|| number.to_string());
-    }
-    message::SipUri::parse(uri)?
-        .user
-        .map(|u| message::unescape(&u))
-}
 
 /// Keeps a call in the engine's maps while its task runs, and takes it out however the
 /// task ends.

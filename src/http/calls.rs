@@ -20,6 +20,7 @@ use super::{ApiError, ApiJson, AppState};
 use crate::model::country::{admits, country_of};
 use crate::model::number::PhoneNumber;
 use crate::model::{Call, CallStatus, Direction, DisconnectionReason};
+use crate::sip::uri::host_for_uri;
 use crate::store::{
     new_id, now_ms, AgentMatch, CallFilter, CallUpdate, DeleteCall, NumberMatch, SortOrder,
     TextMatch,
@@ -85,11 +86,7 @@ fn check_number(field: &str, number: Option<String>) -> Result<Option<String>, A
 
 /// `sip:{user}@{host}`, bracketing an IPv6 host.
 fn sip_uri(user: &str, host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') && host.parse::<std::net::Ipv6Addr>().is_ok() {
-        format!("sip:{user}@[{host}]")
-    } else {
-        format!("sip:{user}@{host}")
-    }
+    format!("sip:{user}@{}", host_for_uri(host))
 }
 
 /// `POST /v2/register-phone-call` → 201 with the call, `call_status: "registered"`.

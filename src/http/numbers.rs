@@ -30,7 +30,9 @@ use crate::model::number::{
     is_country_code, is_e164, is_pseudo_number, AgentVersion, PhoneNumber, Secret, Transport,
     WeightedAgent,
 };
+use crate::sip::route::Destination;
 use crate::sip::transport::Kind;
+use crate::sip::uri::{Uri, UriError};
 use crate::store::{now_ms, SortOrder, Store};
 
 const MAX_NICKNAME_LEN: usize = 256;
@@ -183,34 +185,24 @@ fn check_termination_uri(raw: &str) -> Result<(String, Option<Transport>), ApiEr
             "termination_uri must not contain spaces, control characters, <, > or \"".to_owned(),
         ));
     }
-    let lower = uri.to_ascii_lowercase();
-    let with_scheme = if lower.starts_with("sip:") || lower.starts_with("sips:") {
-        uri.to_owned()
-    } else {
-        format!("sip:{uri}")
-    };
+    let trunk = Uri::parse_trunk(uri).map_err(|e| match e {
+        UriError::Host(host) => bad(format!("termination_uri has an invalid host '{host}'")),
+        e => bad(format!("termination_uri is not usable: '{uri}' {e}")),
+    })?;
     // A password in the URI (`user:pass@host`) would be shown back in every response.
-    let after_scheme = with_scheme.split_once(':').map(|(_, r)| r).unwrap_or("");
-    if let Some((userinfo, _)) = after_scheme.rsplit_once('@') {
-        if userinfo.contains(':') {
-            return Err(bad(
-                "termination_uri must not carry a password; use sip_trunk_auth_password".to_owned(),
-            ));
-        }
-    }
-    let dest = crate::sip::route::destination(&with_scheme)
-        .map_err(|e| bad(format!("termination_uri is not usable: {e}")))?;
-    // `u16::from_str` takes a leading '+', so `tel:+1` would pass as host "tel", port 1.
-    if !port_is_digits(after_scheme) {
+    if trunk.password.is_some() {
         return Err(bad(
-            "termination_uri has a port that is not a number".to_owned()
+            "termination_uri must not carry a password; use sip_trunk_auth_password".to_owned(),
         ));
     }
-    let host_ok = dest.host.parse::<std::net::IpAddr>().is_ok() || is_hostname(&dest.host);
-    if !host_ok {
+    let dest =
+        Destination::of(&trunk).map_err(|e| bad(format!("termination_uri is not usable: {e}")))?;
+    // The grammar lets `_` and edge hyphens through for peers; a host we dial is a DNS
+    // name or an address.
+    if let Some(host) = trunk.host.as_ref().filter(|h| !h.is_dns_name()) {
         return Err(bad(format!(
             "termination_uri has an invalid host '{}'",
-            dest.host
+            host.unbracketed()
         )));
     }
     let explicit = dest.transport_explicit.then_some(match dest.kind {
@@ -219,39 +211,6 @@ fn check_termination_uri(raw: &str) -> Result<(String, Option<Transport>), ApiEr
         Kind::Tls => Transport::Tls,
     });
     Ok((uri.to_owned(), explicit))
-}
-
-/// Whether the port of `rest` (a SIP URI after its scheme), if any, is plain digits.
-fn port_is_digits(rest: &str) -> bool {
-    // As in `sip::route`: headers off, then the user part (which may hold ';'), then
-    // parameters.
-    let rest = rest.split('?').next().unwrap_or_default();
-    let hostpart = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
-    let hostport = hostpart.split(';').next().unwrap_or_default();
-    let after_host = match hostport.strip_prefix('[') {
-        Some(v6) => v6
-            .split_once(']')
-            .map(|(_, after)| after)
-            .unwrap_or_default(),
-        None => hostport.split_once(':').map(|(_, p)| p).unwrap_or_default(),
-    };
-    let port = after_host.strip_prefix(':').unwrap_or(after_host);
-    port.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// A DNS name: dot-separated labels of letters, digits and inner hyphens.
-fn is_hostname(host: &str) -> bool {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 fn check_transport(value: &str) -> Result<Transport, ApiError> {
@@ -791,6 +750,40 @@ mod tests {
             "sips:trunk.example.com;transport=udp",
         ] {
             assert!(check_termination_uri(bad).is_err(), "{bad:?} accepted");
+        }
+        for (bad, message) in [
+            (
+                "bad_host!.com",
+                "termination_uri has an invalid host 'bad_host!.com'",
+            ),
+            (
+                "-x.example.com:5060",
+                "termination_uri has an invalid host '-x.example.com'",
+            ),
+            (
+                "1.2.3.4.5",
+                "termination_uri has an invalid host '1.2.3.4.5'",
+            ),
+            (
+                "user:secret@trunk.example.com",
+                "termination_uri must not carry a password; use sip_trunk_auth_password",
+            ),
+            (
+                "trunk.example.com:99999",
+                "termination_uri is not usable: 'trunk.example.com:99999' has a bad port '99999'",
+            ),
+            (
+                "trunk.example.com:0",
+                "termination_uri is not usable: 'sip:trunk.example.com:0' has a bad port '0'",
+            ),
+            (
+                "sips:t.example.com;transport=udp",
+                "termination_uri is not usable: 'sips:t.example.com;transport=udp' asks for \
+                 TLS with transport=udp",
+            ),
+        ] {
+            let e = check_termination_uri(bad).unwrap_err();
+            assert_eq!(e.to_string(), message, "{bad}");
         }
     }
 

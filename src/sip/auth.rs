@@ -12,6 +12,7 @@
 
 use std::fmt::{self, Write as _};
 
+use crate::sip::lex::{is_token_byte, is_ws, trim_start_ws, trim_ws};
 use crate::sip::message::{Method, Request, Response};
 
 /// Header values longer than this are ignored (no real challenge comes close).
@@ -359,27 +360,6 @@ fn split_unquoted_commas(s: &str) -> Vec<&str> {
     }
     parts.push(&s[start.min(s.len())..]);
     parts
-}
-
-fn is_ws(c: u8) -> bool {
-    c == b' ' || c == b'\t'
-}
-
-fn trim_ws(s: &str) -> &str {
-    s.trim_matches([' ', '\t'])
-}
-
-fn trim_start_ws(s: &str) -> &str {
-    s.trim_start_matches([' ', '\t'])
-}
-
-/// RFC 3261 token characters.
-fn is_token_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
 }
 
 /// Turns a parsed scheme into a [`Challenge`] if it is a well-formed Digest challenge we

@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use crate::sip::message::{Headers, Method, NameAddr, Request};
 use crate::sip::transport::Target;
+use crate::sip::uri::{Scheme, Uri};
 
 /// Identifies a dialog on our side: the SIP Call-ID and the tag we chose.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -63,10 +64,7 @@ pub enum DialogError {
 
 fn is_secure(invite: &Request, flow: Target) -> bool {
     flow.kind == crate::sip::transport::Kind::Tls
-        && invite
-            .uri
-            .get(..5)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("sips:"))
+        && Uri::parse(&invite.uri).is_ok_and(|uri| uri.scheme == Scheme::Sips)
 }
 
 impl Dialog {

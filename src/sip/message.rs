@@ -15,7 +15,10 @@
 
 use bytes::Bytes;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
+
+use crate::sip::lex::{is_token, is_token_byte, is_ws, trim_end_ws, trim_start_ws, trim_ws};
+use crate::sip::uri::{self, check as check_uri, Uri, UriError};
 
 /// A SIP method. Unknown extension methods keep their token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -293,10 +296,10 @@ impl Via {
             Some(i) => (&rest[..i], Some(&rest[i + 1..])),
             None => (rest, None),
         };
-        let (host, port) = parse_hostport(trim_ws(sent_by), true)?;
+        let (host, port) = uri::parse_hostport(trim_ws(sent_by), true).ok()?;
         let mut via = Via {
             transport: transport.to_ascii_uppercase(),
-            host,
+            host: host.unbracketed(),
             port,
             branch: None,
             rport: None,
@@ -308,12 +311,12 @@ impl Via {
                     via.branch = Some(value?);
                 } else if name.eq_ignore_ascii_case("received") {
                     let v = value?;
-                    parse_host(&v)?;
+                    uri::parse_ip(&v)?;
                     via.received = Some(v);
                 } else if name.eq_ignore_ascii_case("rport") {
                     via.rport = Some(match value {
                         None => None,
-                        Some(v) => Some(parse_port(&v)?),
+                        Some(v) => Some(uri::parse_port(&v)?),
                     });
                 }
             }
@@ -362,22 +365,37 @@ pub struct NameAddr {
     pub params: Vec<(String, Option<String>)>,
 }
 
+/// Why a From, To or Contact value is not a name-addr or addr-spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameAddrError {
+    #[error("{0}")]
+    Syntax(&'static str),
+    #[error("URI {0}")]
+    Uri(#[from] UriError),
+}
+
+impl From<&'static str> for NameAddrError {
+    fn from(why: &'static str) -> NameAddrError {
+        NameAddrError::Syntax(why)
+    }
+}
+
 impl NameAddr {
     /// Parses `[display-name] <URI> *(;param)` or `URI *(;param)` strictly (RFC 3261 §20.10,
     /// §25.1): a display name is a quoted string or tokens separated by LWS; nothing may
     /// stand between `<`/`>` and the URI; an URI outside `<>` may not contain `,` or `?`.
     /// Errors name what is wrong.
-    pub fn parse(value: &str) -> Result<NameAddr, &'static str> {
+    pub fn parse(value: &str) -> Result<NameAddr, NameAddrError> {
         let s = trim_ws(value);
         let b = s.as_bytes();
         let Some(&first) = b.first() else {
-            return Err("empty value");
+            return Err("empty value".into());
         };
         let (display, rest) = if first == b'"' {
             let end = quoted_end(b, 0).ok_or("unterminated quoted string in display name")?;
             let after = trim_start_ws(&s[end..]);
             if !after.starts_with('<') {
-                return Err("quoted display name not followed by <URI>");
+                return Err("quoted display name not followed by <URI>".into());
             }
             (Some(s[..end].to_string()), after)
         } else if first == b'<' {
@@ -397,10 +415,10 @@ impl NameAddr {
         let gt = rest.find('>').ok_or("missing '>' after URI")?;
         let uri = &rest[1..gt];
         if uri.is_empty() {
-            return Err("empty URI in <>");
+            return Err("empty URI in <>".into());
         }
         if uri.bytes().any(|c| is_ws(c) || c == b'<') {
-            return Err("whitespace inside <URI>");
+            return Err("whitespace inside <URI>".into());
         }
         check_uri(uri)?;
         let tail = trim_ws(&rest[gt + 1..]);
@@ -409,7 +427,7 @@ impl NameAddr {
         } else if let Some(p) = tail.strip_prefix(';') {
             parse_params(p).ok_or("malformed header parameter")?
         } else {
-            return Err("unexpected text after >");
+            return Err("unexpected text after >".into());
         };
         Ok(NameAddr {
             display,
@@ -418,19 +436,19 @@ impl NameAddr {
         })
     }
 
-    fn parse_addr_spec(s: &str) -> Result<NameAddr, &'static str> {
+    fn parse_addr_spec(s: &str) -> Result<NameAddr, NameAddrError> {
         let (uri, params) = match find_unquoted(s, b';') {
             Some(i) => (trim_end_ws(&s[..i]), Some(&s[i + 1..])),
             None => (s, None),
         };
         if uri.contains('<') || uri.contains('"') {
-            return Err("display name must be tokens or a quoted string");
+            return Err("display name must be tokens or a quoted string".into());
         }
         if uri.bytes().any(is_ws) {
-            return Err("whitespace in URI");
+            return Err("whitespace in URI".into());
         }
         if uri.contains(',') || uri.contains('?') {
-            return Err("URI with ',' or '?' must be enclosed in <>");
+            return Err("URI with ',' or '?' must be enclosed in <>".into());
         }
         check_uri(uri)?;
         let params = match params {
@@ -452,132 +470,6 @@ impl NameAddr {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_deref().unwrap_or(""))
     }
-}
-
-/// A `sip:`/`sips:` URI split into its parts (RFC 3261 §19.1.1). Parts are kept as
-/// written, escapes included; [`unescape`] them where the grammar allows escapes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SipUri {
-    pub sips: bool,
-    pub user: Option<String>,
-    pub password: Option<String>,
-    /// Host; IPv6 references without brackets.
-    pub host: String,
-    pub port: Option<u16>,
-    pub params: Vec<(String, Option<String>)>,
-    /// The `?headers` part without the `?`.
-    pub headers: Option<String>,
-}
-
-impl SipUri {
-    /// Strict parse of a SIP or SIPS URI; `None` when it breaks the grammar (whitespace,
-    /// bad escapes, characters outside the allowed sets, empty parameters, bad port, ...).
-    pub fn parse(uri: &str) -> Option<SipUri> {
-        let colon = uri.find(':')?;
-        let scheme = &uri[..colon];
-        let sips = if scheme.eq_ignore_ascii_case("sips") {
-            true
-        } else if scheme.eq_ignore_ascii_case("sip") {
-            false
-        } else {
-            return None;
-        };
-        let rest = &uri[colon + 1..];
-        if rest.bytes().any(|c| c <= b' ' || c >= 0x7f) {
-            return None;
-        }
-        let (userinfo, hostpart) = match rest.find('@') {
-            Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
-            None => (None, rest),
-        };
-        let (mut user, mut password) = (None, None);
-        if let Some(ui) = userinfo {
-            let (u, p) = match ui.find(':') {
-                Some(i) => (&ui[..i], Some(&ui[i + 1..])),
-                None => (ui, None),
-            };
-            if u.is_empty() || !check_escaped(u, is_user_unreserved) {
-                return None;
-            }
-            if let Some(p) = p {
-                if !check_escaped(p, is_password_extra) {
-                    return None;
-                }
-                password = Some(p.to_string());
-            }
-            user = Some(u.to_string());
-        }
-        let (before_headers, headers) = match hostpart.find('?') {
-            Some(i) => (&hostpart[..i], Some(&hostpart[i + 1..])),
-            None => (hostpart, None),
-        };
-        let (hostport, params) = match before_headers.find(';') {
-            Some(i) => (&before_headers[..i], Some(&before_headers[i + 1..])),
-            None => (before_headers, None),
-        };
-        let (host, port) = parse_hostport(hostport, false)?;
-        let mut out = Vec::new();
-        if let Some(params) = params {
-            for p in params.split(';') {
-                let (n, v) = match p.find('=') {
-                    Some(i) => (&p[..i], Some(&p[i + 1..])),
-                    None => (p, None),
-                };
-                if n.is_empty() || !check_escaped(n, is_param_unreserved) {
-                    return None;
-                }
-                if let Some(v) = v {
-                    if v.is_empty() || !check_escaped(v, is_param_unreserved) {
-                        return None;
-                    }
-                }
-                out.push((n.to_string(), v.map(str::to_string)));
-            }
-        }
-        if let Some(h) = headers {
-            for hv in h.split('&') {
-                let (n, v) = hv.split_once('=')?;
-                if n.is_empty()
-                    || !check_escaped(n, is_hnv_unreserved)
-                    || !check_escaped(v, is_hnv_unreserved)
-                {
-                    return None;
-                }
-            }
-        }
-        Some(SipUri {
-            sips,
-            user,
-            password,
-            host,
-            port,
-            params: out,
-            headers: headers.map(str::to_string),
-        })
-    }
-}
-
-/// Decodes `%HH` escapes; a `%` not followed by two hex digits is kept as is. Bytes that
-/// do not form UTF-8 are replaced (lossy): the result is for routing and display.
-pub fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            if let (Some(h), Some(l)) = (
-                b.get(i + 1).and_then(|c| hex_val(*c)),
-                b.get(i + 2).and_then(|c| hex_val(*c)),
-            ) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Parses one complete message (a UDP datagram or one stream frame).
@@ -1032,37 +924,20 @@ impl Request {
     }
 
     fn validate_uri(&self) -> Result<(), (&'static str, String, u16)> {
-        let uri = self.uri.as_str();
         let bad = |reason: &str| Err(("bad_request_uri", format!("Request-URI {reason}"), 400));
-        if uri.contains(['<', '>']) {
+        if self.uri.contains(['<', '>']) {
             return bad("must not be enclosed in <>");
         }
-        if uri.bytes().any(|c| c <= b' ' || c == 0x7f) {
-            return bad("contains whitespace or control characters");
-        }
-        let scheme = match uri.find(':') {
-            Some(i) if is_scheme(&uri[..i]) => &uri[..i],
-            _ => return bad("has no valid scheme"),
-        };
-        if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
-            match SipUri::parse(uri) {
-                None => bad("is not a well-formed SIP URI"),
-                // RFC 3261 §19.1.1: headers are not allowed in a Request-URI.
-                Some(u) if u.headers.is_some() => bad("carries ?headers, not allowed there"),
-                Some(_) => Ok(()),
-            }
-        } else if scheme.eq_ignore_ascii_case("tel") {
-            if check_tel(&uri[4..]) {
-                Ok(())
-            } else {
-                bad("is not a well-formed tel URI")
-            }
-        } else {
-            Err((
+        match Uri::parse(&self.uri) {
+            // RFC 3261 §19.1.1: headers are not allowed in a Request-URI.
+            Ok(u) if !u.headers.is_empty() => bad("carries ?headers, not allowed there"),
+            Ok(_) => Ok(()),
+            Err(UriError::UnsupportedScheme(scheme)) => Err((
                 "unsupported_uri_scheme",
                 format!("Request-URI scheme {scheme:?} is not supported"),
                 416,
-            ))
+            )),
+            Err(e) => bad(&e.to_string()),
         }
     }
 
@@ -1083,25 +958,10 @@ impl Request {
         header_tag(&self.headers, "From")
     }
     /// User part of the Request-URI (`sip:user@host`), percent-unescaped (`None` when there
-    /// is no user or the URI is malformed). For `tel:` URIs this is the number, because
-    /// trunks route on it: parameters dropped, visual separators (`-.()`) removed, so
-    /// `tel:+1-415-555-0100;phone-context=x` gives `+14155550100`.
+    /// is no user or the URI is malformed); for `tel:` the number without separators
+    /// ([`Uri::user_unescaped`]).
     pub fn uri_user(&self) -> Option<String> {
-        let colon = self.uri.find(':')?;
-        let scheme = &self.uri[..colon];
-        if scheme.eq_ignore_ascii_case("tel") {
-            let rest = &self.uri[colon + 1..];
-            if !check_tel(rest) {
-                return None;
-            }
-            let number = rest.split(';').next().unwrap_or("");
-            let number: String = unescape(number)
-                .chars()
-                .filter(|c| !matches!(c, '-' | '.' | '(' | ')'))
-                .collect();
-            return (!number.is_empty()).then_some(number);
-        }
-        SipUri::parse(&self.uri)?.user.map(|u| unescape(&u))
+        uri::user_of(&self.uri)
     }
     /// Records where the request came from in the top Via: `received` when the sent-by host
     /// differs from `source`'s address, and `rport` filled in when the client asked (RFC 3581).
@@ -1131,7 +991,7 @@ impl Request {
             return;
         };
         let ip = source.ip().to_canonical();
-        let host_ip = parse_host(&via.host).map(|h| h.to_canonical());
+        let host_ip = uri::parse_ip(&via.host).map(|h| h.to_canonical());
         let add_received = via.rport.is_some() || host_ip != Some(ip);
         let fill_rport = via.rport == Some(None);
         if !add_received && !fill_rport {
@@ -1453,35 +1313,6 @@ fn sanitize_start_word(s: &str) -> String {
     out
 }
 
-fn is_ws(c: u8) -> bool {
-    c == b' ' || c == b'\t'
-}
-
-fn trim_ws(s: &str) -> &str {
-    s.trim_matches([' ', '\t'])
-}
-
-fn trim_start_ws(s: &str) -> &str {
-    s.trim_start_matches([' ', '\t'])
-}
-
-fn trim_end_ws(s: &str) -> &str {
-    s.trim_end_matches([' ', '\t'])
-}
-
-/// RFC 3261 token characters.
-fn is_token_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(is_token_byte)
-}
-
 /// Splits a leading token off `s`.
 fn take_token(s: &str) -> Option<(&str, &str)> {
     let n = s.bytes().take_while(|&c| is_token_byte(c)).count();
@@ -1490,68 +1321,6 @@ fn take_token(s: &str) -> Option<(&str, &str)> {
 
 fn expect_byte(s: &str, c: u8) -> Option<&str> {
     (s.as_bytes().first() == Some(&c)).then(|| &s[1..])
-}
-
-fn is_scheme(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.first().is_some_and(u8::is_ascii_alphabetic)
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
-}
-
-fn is_unreserved(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
-        )
-}
-
-fn is_user_unreserved(c: u8) -> bool {
-    matches!(c, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/')
-}
-
-fn is_password_extra(c: u8) -> bool {
-    matches!(c, b'&' | b'=' | b'+' | b'$' | b',')
-}
-
-fn is_param_unreserved(c: u8) -> bool {
-    matches!(c, b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$')
-}
-
-fn is_hnv_unreserved(c: u8) -> bool {
-    matches!(c, b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$')
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Every byte is unreserved, allowed by `extra`, or part of a valid `%HH` escape.
-fn check_escaped(s: &str, extra: fn(u8) -> bool) -> bool {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'%' {
-            let ok = b.get(i + 1).and_then(|c| hex_val(*c)).is_some()
-                && b.get(i + 2).and_then(|c| hex_val(*c)).is_some();
-            if !ok {
-                return false;
-            }
-            i += 3;
-        } else if is_unreserved(c) || extra(c) {
-            i += 1;
-        } else {
-            return false;
-        }
-    }
-    true
 }
 
 /// Offset just past the quoted string that starts at `b[start] == '"'`.
@@ -1679,102 +1448,6 @@ fn parse_params(s: &str) -> Option<Vec<(String, Option<String>)>> {
             None => return Some(out),
         }
     }
-}
-
-fn parse_port(s: &str) -> Option<u16> {
-    let s = trim_ws(s);
-    if s.is_empty() || s.len() > 5 || !s.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-/// A host as IP address, accepting IPv6 with or without brackets.
-fn parse_host(s: &str) -> Option<IpAddr> {
-    let inner = s
-        .strip_prefix('[')
-        .and_then(|r| r.strip_suffix(']'))
-        .unwrap_or(s);
-    inner.parse().ok()
-}
-
-/// `host [":" port]`; with `lws`, whitespace is allowed around the colon (Via's COLON).
-/// Hostnames may use `_` (seen in the wild). All-numeric hosts must be IPv4 addresses.
-fn parse_hostport(s: &str, lws: bool) -> Option<(String, Option<u16>)> {
-    let (host, port_part) = if let Some(r) = s.strip_prefix('[') {
-        let close = r.find(']')?;
-        let v6: Ipv6Addr = r[..close].parse().ok()?;
-        (v6.to_string(), &r[close + 1..])
-    } else {
-        let end = s.find(':').unwrap_or(s.len());
-        let host = if lws {
-            trim_end_ws(&s[..end])
-        } else {
-            &s[..end]
-        };
-        let valid = !host.is_empty()
-            && host
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
-        if !valid {
-            return None;
-        }
-        if host.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
-            host.parse::<Ipv4Addr>().ok()?;
-        }
-        (host.to_string(), &s[end..])
-    };
-    let port_part = if lws {
-        trim_start_ws(port_part)
-    } else {
-        port_part
-    };
-    if port_part.is_empty() {
-        return Some((host, None));
-    }
-    let p = port_part.strip_prefix(':')?;
-    if !lws && p.bytes().any(is_ws) {
-        return None;
-    }
-    Some((host, Some(parse_port(p)?)))
-}
-
-/// A URI in From/To/Contact: SIP/SIPS strictly, tel loosely, any other scheme as an
-/// opaque absoluteURI (RFC 4475 unksm2 must parse).
-fn check_uri(uri: &str) -> Result<(), &'static str> {
-    let colon = uri.find(':').ok_or("URI has no scheme")?;
-    let scheme = &uri[..colon];
-    if !is_scheme(scheme) {
-        return Err("URI has an invalid scheme");
-    }
-    let rest = &uri[colon + 1..];
-    if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
-        SipUri::parse(uri).map(|_| ()).ok_or("malformed SIP URI")
-    } else if scheme.eq_ignore_ascii_case("tel") {
-        check_tel(rest).then_some(()).ok_or("malformed tel URI")
-    } else if rest.is_empty()
-        || rest
-            .bytes()
-            .any(|c| c <= b' ' || c >= 0x7f || matches!(c, b'<' | b'>' | b'"'))
-    {
-        Err("malformed URI")
-    } else {
-        Ok(())
-    }
-}
-
-/// `tel:` URI body (RFC 3966), loosely: a number of digits and visual separators
-/// (global `+...` or local, hex digits, `*`, `#`), then `;`-separated parameters.
-fn check_tel(rest: &str) -> bool {
-    let mut parts = rest.split(';');
-    let number = parts.next().unwrap_or("");
-    let digits = number.strip_prefix('+').unwrap_or(number);
-    let number_ok = digits.bytes().any(|c| c.is_ascii_hexdigit())
-        && digits
-            .bytes()
-            .all(|c| c.is_ascii_hexdigit() || matches!(c, b'*' | b'#' | b'-' | b'.' | b'(' | b')'));
-    number_ok
-        && parts.all(|p| !p.is_empty() && check_escaped(p, |c| is_param_unreserved(c) || c == b'='))
 }
 
 /// `Call-ID = word ["@" word]` (RFC 3261 §25.1).
@@ -2442,35 +2115,15 @@ mod tests {
         ] {
             assert!(NameAddr::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn sip_uri_parsing() {
-        let u = SipUri::parse("sips:al%69ce:pw@[2001:db8::1]:5061;transport=tcp;lr?subject=x&h=")
-            .unwrap();
-        assert!(u.sips);
-        assert_eq!(u.user.as_deref(), Some("al%69ce"));
-        assert_eq!(u.password.as_deref(), Some("pw"));
-        assert_eq!((u.host.as_str(), u.port), ("2001:db8::1", Some(5061)));
-        assert_eq!(u.params.len(), 2);
-        assert_eq!(u.headers.as_deref(), Some("subject=x&h="));
-        assert_eq!(unescape(u.user.as_deref().unwrap()), "alice");
-        for bad in [
-            "sip:",
-            "sip:@h",
-            "sip:a@",
-            "sip:a@h:x",
-            "sip:a@h;",
-            "sip:a@h;=v",
-            "sip:a%4@h",
-            "sip:a@h?x",
-            "sip:a@h h",
-            "sip:a@<h>",
-            "http://x",
-            "sip:a@b@c",
-        ] {
-            assert_eq!(SipUri::parse(bad), None, "{bad}");
-        }
+        // Errors in the URI name the part that is wrong.
+        assert_eq!(
+            NameAddr::parse("<sip:a@b:port>").unwrap_err().to_string(),
+            "URI has a bad port 'port'"
+        );
+        assert_eq!(
+            NameAddr::parse("sip:a@b;;tag=1").unwrap_err().to_string(),
+            "malformed header parameter"
+        );
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //!
 //! `;transport=` is honoured (any case); `sips:` means TLS; without a port the default is
 //! 5060, or 5061 for TLS. A literal IP skips name resolution; a host name is resolved by the
-//! caller (SRV and A/AAAA arrive with outbound trunks).
+//! caller (`sip::resolve`). The URI itself is read by [`crate::sip::uri`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use crate::sip::transport::Kind;
+use crate::sip::uri::{Scheme, Uri, UriError};
 
 /// The destination named by a URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,11 @@ pub struct Destination {
 }
 
 impl Destination {
+    /// The destination of a parsed URI.
+    pub fn of(uri: &Uri) -> Result<Destination, RouteError> {
+        Destination::named(uri, &uri.to_string())
+    }
+
     /// The port to use when none was given.
     pub fn port_or_default(&self) -> u16 {
         self.port.unwrap_or(match self.kind {
@@ -32,8 +38,50 @@ impl Destination {
 
     /// The socket address when the host is a literal IP (no DNS needed).
     pub fn literal_addr(&self) -> Option<SocketAddr> {
-        let ip: IpAddr = self.host.parse().ok()?;
+        let ip = self.host.parse().ok()?;
         Some(SocketAddr::new(ip, self.port_or_default()))
+    }
+
+    /// [`Destination::of`], with errors naming the URI as `shown`.
+    fn named(uri: &Uri, shown: &str) -> Result<Destination, RouteError> {
+        let malformed = |error| RouteError::Uri {
+            uri: shown.into(),
+            error,
+        };
+        let secure = match uri.scheme {
+            Scheme::Sip => false,
+            Scheme::Sips => true,
+            Scheme::Tel => return Err(RouteError::Scheme(shown.into())),
+        };
+        let host = uri
+            .host
+            .as_ref()
+            .ok_or_else(|| malformed(UriError::NoHost))?;
+        if uri.port == Some(0) {
+            return Err(malformed(UriError::Port("0".into())));
+        }
+        let (kind, explicit) = match uri.param("transport") {
+            None => (if secure { Kind::Tls } else { Kind::Udp }, secure),
+            Some(value) => {
+                let requested = Kind::from_token(value).ok_or_else(|| RouteError::Transport {
+                    uri: shown.into(),
+                    transport: value.into(),
+                })?;
+                let kind = match (secure, requested) {
+                    (true, Kind::Udp) => return Err(RouteError::SipsOverUdp(shown.into())),
+                    // sips: over TCP means TLS (RFC 3261 §26.2.2).
+                    (true, _) => Kind::Tls,
+                    (false, k) => k,
+                };
+                (kind, true)
+            }
+        };
+        Ok(Destination {
+            kind,
+            host: host.unbracketed(),
+            port: uri.port,
+            transport_explicit: explicit,
+        })
     }
 }
 
@@ -42,10 +90,9 @@ impl Destination {
 pub enum RouteError {
     #[error("'{0}' is not a sip: or sips: URI")]
     Scheme(String),
-    #[error("'{0}' has no host")]
-    NoHost(String),
-    #[error("'{uri}' has a bad port '{port}'")]
-    Port { uri: String, port: String },
+    /// Malformed, or a part that cannot be dialled (port 0).
+    #[error("'{uri}' {error}")]
+    Uri { uri: String, error: UriError },
     #[error("'{uri}' asks for transport '{transport}', which is not supported")]
     Transport { uri: String, transport: String },
     #[error("'{0}' asks for TLS with transport=udp")]
@@ -53,82 +100,22 @@ pub enum RouteError {
 }
 
 /// Reads the destination out of a SIP URI such as
-/// `sip:+14155550100@trunk.example.com:5080;transport=TCP` or `sips:[2001:db8::1]`.
+/// `sip:+14155550100@trunk.example.com:5080;transport=TCP` or `sips:[2001:db8::1]`, also
+/// when written as in a header, `<...>`. Headers (`?...`) never affect routing.
 pub fn destination(uri: &str) -> Result<Destination, RouteError> {
-    let raw = uri.trim().trim_start_matches('<').trim_end_matches('>');
-    let (scheme, rest) = raw
-        .split_once(':')
-        .ok_or_else(|| RouteError::Scheme(uri.into()))?;
-    let secure = match scheme.to_ascii_lowercase().as_str() {
-        "sip" => false,
-        "sips" => true,
-        _ => return Err(RouteError::Scheme(uri.into())),
-    };
-    // Headers (`?…`) never affect routing.
-    let rest = rest.split('?').next().unwrap_or("");
-    // The user part may hold ';' (RFC 4475 semiuri), so drop it up to the last '@' first.
-    let hostpart = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
-    let mut parts = hostpart.split(';');
-    let hostport = parts.next().unwrap_or("");
-    let (host, port) = split_host_port(hostport).ok_or_else(|| RouteError::NoHost(uri.into()))?;
-    let port = match port {
-        None => None,
-        Some(p) => {
-            Some(
-                // Digits only: Rust's integer parser would also take a leading '+'.
-                Some(p)
-                    .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|p| p.parse::<u16>().ok())
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| RouteError::Port {
-                        uri: uri.into(),
-                        port: p.into(),
-                    })?,
-            )
-        }
-    };
-    let mut kind = if secure { Kind::Tls } else { Kind::Udp };
-    let mut explicit = secure;
-    for param in parts {
-        let (name, value) = param.split_once('=').unwrap_or((param, ""));
-        if name.trim().eq_ignore_ascii_case("transport") {
-            let value = value.trim();
-            let requested = Kind::from_token(value).ok_or_else(|| RouteError::Transport {
-                uri: uri.into(),
-                transport: value.into(),
-            })?;
-            kind = match (secure, requested) {
-                (true, Kind::Udp) => return Err(RouteError::SipsOverUdp(uri.into())),
-                // sips: over TCP means TLS (RFC 3261 §26.2.2).
-                (true, _) => Kind::Tls,
-                (false, k) => k,
-            };
-            explicit = true;
-        }
-    }
-    Ok(Destination {
-        kind,
-        host: host.to_string(),
-        port,
-        transport_explicit: explicit,
-    })
-}
-
-/// Splits `host[:port]`, where host may be a bracketed IPv6 reference.
-fn split_host_port(s: &str) -> Option<(&str, Option<&str>)> {
-    if let Some(v6) = s.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':')?),
-        };
-        return (!host.is_empty()).then_some((host, port));
-    }
-    let (host, port) = match s.split_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (s, None),
-    };
-    (!host.is_empty()).then_some((host, port))
+    let raw = uri.trim();
+    let raw = raw
+        .strip_prefix('<')
+        .and_then(|r| r.strip_suffix('>'))
+        .unwrap_or(raw);
+    let parsed = Uri::parse(raw).map_err(|error| match error {
+        UriError::NoScheme | UriError::UnsupportedScheme(_) => RouteError::Scheme(uri.into()),
+        error => RouteError::Uri {
+            uri: uri.into(),
+            error,
+        },
+    })?;
+    Destination::named(&parsed, uri)
 }
 
 #[cfg(test)]
@@ -182,33 +169,50 @@ mod tests {
 
     #[test]
     fn bad_uris_say_what_is_wrong() {
+        let err = |uri: &str| destination(uri).unwrap_err();
+        assert_eq!(
+            err("tel:+14155550100"),
+            RouteError::Scheme("tel:+14155550100".into())
+        );
+        assert!(matches!(err("http://x"), RouteError::Scheme(_)));
+        assert_eq!(err("sip:bob@").to_string(), "'sip:bob@' has no host");
+        assert_eq!(
+            err("sip:bob@h:99999").to_string(),
+            "'sip:bob@h:99999' has a bad port '99999'"
+        );
+        assert_eq!(
+            err("sip:bob@h:0").to_string(),
+            "'sip:bob@h:0' has a bad port '0'"
+        );
+        assert_eq!(
+            err("sip:tel:+1").to_string(),
+            "'sip:tel:+1' has a bad port '+1'"
+        );
         assert!(matches!(
-            destination("tel:+14155550100"),
+            err("sip:bob@h;transport=sctp"),
+            RouteError::Transport { .. }
+        ));
+        assert!(matches!(
+            err("sip:bob@h;transport"),
+            RouteError::Transport { .. }
+        ));
+        assert!(matches!(
+            err("sip:bob@[::1"),
+            RouteError::Uri {
+                error: UriError::Host(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            err("sip:bob@bad!host"),
+            RouteError::Uri {
+                error: UriError::Host(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            Destination::of(&Uri::parse("tel:+1").unwrap()),
             Err(RouteError::Scheme(_))
-        ));
-        assert!(matches!(
-            destination("sip:bob@"),
-            Err(RouteError::NoHost(_))
-        ));
-        assert!(matches!(
-            destination("sip:bob@h:99999"),
-            Err(RouteError::Port { .. })
-        ));
-        assert!(matches!(
-            destination("sip:bob@h:0"),
-            Err(RouteError::Port { .. })
-        ));
-        assert!(matches!(
-            destination("sip:tel:+1"),
-            Err(RouteError::Port { .. })
-        ));
-        assert!(matches!(
-            destination("sip:bob@h;transport=sctp"),
-            Err(RouteError::Transport { .. })
-        ));
-        assert!(matches!(
-            destination("sip:bob@[::1"),
-            Err(RouteError::NoHost(_))
         ));
     }
 

@@ -11,6 +11,7 @@ use crate::sip::framing::FrameError;
 use crate::sip::message::{self, Method, ParseError, Request, Response};
 use crate::sip::transaction::key::MAGIC_COOKIE;
 use crate::sip::transport::Kind;
+use crate::sip::uri::host_for_uri;
 
 /// Methods this server handles (in dialogs or out), advertised in `Allow`.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
@@ -62,15 +63,6 @@ pub fn contact(kind: Kind, host: &str, port: u16) -> String {
 /// Our Contact in a secure dialog (RFC 3261 §8.1.1.8).
 pub fn sips_contact(host: &str, port: u16) -> String {
     format!("<sips:{}:{port}>", host_for_uri(host))
-}
-
-/// A host as it goes into a URI: IPv6 addresses in brackets.
-fn host_for_uri(host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    }
 }
 
 /// Puts our Via on top of a request we originate (replacing any the caller left), and

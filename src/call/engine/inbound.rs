@@ -20,6 +20,7 @@ use crate::sip::endpoint::ServerTxHandle;
 use crate::sip::message::{self, Request};
 use crate::sip::transport::Inbound;
 use crate::sip::ua::new_tag;
+use crate::sip::uri::user_of;
 use crate::store::Claim;
 
 /// Refuses an INVITE before (or without) a leg: the table's response, counted.
@@ -185,8 +186,7 @@ fn start_info(invite: &Request, call: &Call, agent: &Agent) -> StartInfo {
         .headers
         .get("From")
         .and_then(|f| message::NameAddr::parse(f).ok())
-        .and_then(|f| message::SipUri::parse(&f.uri))
-        .and_then(|u| u.user);
+        .and_then(|f| user_of(&f.uri));
     if let Some(from) = call.from_number.clone().or(from_user) {
         params.insert("from_number".to_string(), from);
     }

@@ -21,25 +21,10 @@ use crate::model::{Agent, Call, DisconnectionReason};
 use crate::sdp::{self, LocalMedia, Sdp};
 use crate::sip::auth::{Authenticator, Credentials};
 use crate::sip::message::{self, Method, Request};
+use crate::sip::route::Destination;
 use crate::sip::transport::Target;
 use crate::sip::ua::{new_tag, ALLOW};
-
-/// The request URI for `to` at the trunk: the termination URI may be a bare host,
-/// host:port, carry `;transport=`, or be a whole URI.
-fn trunk_uri(number: &PhoneNumber, to: &str) -> String {
-    let host = number.termination_uri.trim();
-    let host = host
-        .strip_prefix("sips:")
-        .or_else(|| host.strip_prefix("sip:"))
-        .unwrap_or(host);
-    let host = host.rsplit_once('@').map(|(_, h)| h).unwrap_or(host);
-    let mut uri = format!("sip:{to}@{host}");
-    if !host.to_ascii_lowercase().contains("transport=") {
-        uri.push_str(";transport=");
-        uri.push_str(&number.transport.as_str().to_ascii_lowercase());
-    }
-    uri
-}
+use crate::sip::uri::{host_for_uri, trunk_request_uri, Uri};
 
 impl Engine {
     /// An outbound call through a trunk: everything the leg needs, then the leg until
@@ -60,7 +45,19 @@ impl Engine {
         };
         let to = call.to_number.clone().unwrap_or_default();
         let from = call.from_number.clone().unwrap_or_default();
-        let uri = trunk_uri(&number, &to);
+        let uri = match trunk_request_uri(&number.termination_uri, number.transport, &to) {
+            Ok(uri) => uri,
+            Err(err) => {
+                warn!(%err, "termination URI unusable");
+                return self
+                    .finish(
+                        &call_id,
+                        DisconnectionReason::TelephonyProviderUnavailable,
+                        None,
+                    )
+                    .await;
+            }
+        };
         let Some(target) = self.trunk_target(&uri).await else {
             return self
                 .finish(
@@ -113,7 +110,7 @@ impl Engine {
             }
         };
         let offer = sdp::offer(&local);
-        let request = self.trunk_invite(&call, &uri, &from, &to, target, &offer);
+        let request = self.trunk_invite(&call, &uri, &from, target, &offer);
         let auth = match (
             &number.sip_trunk_auth_username,
             &number.sip_trunk_auth_password,
@@ -167,8 +164,8 @@ impl Engine {
 
     /// Where to send the INVITE: RFC 3263 on the URI, first target over an enabled
     /// transport. `None` (logged) when there is none.
-    async fn trunk_target(&self, uri: &str) -> Option<Target> {
-        let dest = match crate::sip::route::destination(uri) {
+    async fn trunk_target(&self, uri: &Uri) -> Option<Target> {
+        let dest = match Destination::of(uri) {
             Ok(dest) => dest,
             Err(err) => {
                 warn!(%err, "termination URI unusable");
@@ -200,24 +197,21 @@ impl Engine {
     fn trunk_invite(
         &self,
         call: &Call,
-        uri: &str,
+        uri: &Uri,
         from: &str,
-        to: &str,
         target: Target,
         offer: &Sdp,
     ) -> Request {
         let contact = self.inner.endpoint.contact(target.kind);
-        let public_host = self.inner.endpoint.public_host().to_string();
-        let to_host = uri
-            .split_once('@')
-            .map(|(_, h)| h.split(';').next().unwrap_or(h))
-            .unwrap_or("");
+        let public_host = host_for_uri(self.inner.endpoint.public_host()).into_owned();
         let mut headers = message::Headers::default();
         headers.push(
             "From",
             format!("<sip:{from}@{public_host}>;tag={}", new_tag()),
         );
-        headers.push("To", format!("<sip:{to}@{to_host}>"));
+        // The dialled number, escaped as in the Request-URI, at the trunk's host.
+        let to = uri.user.as_deref().unwrap_or_default();
+        headers.push("To", format!("<sip:{to}@{}>", uri.hostport()));
         headers.push("Call-ID", format!("{}@{public_host}", new_tag()));
         headers.push("CSeq", "1 INVITE");
         headers.push("Contact", contact.as_str());

@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 
 use tracing::{debug, info, warn};
 
-use super::{now_ms, user_of, Engine};
+use super::{now_ms, Engine};
 use crate::call::rejection::Rejection;
 use crate::model::country;
 use crate::model::number::pick_agent;
 use crate::model::{Call, Direction};
 use crate::sip::message::{self, Request};
+use crate::sip::uri::user_of;
 use crate::store::StoreError;
 
 /// How an INVITE found its call.
