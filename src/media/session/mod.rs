@@ -59,8 +59,8 @@
 //!
 //! # Driving the session
 //!
-//! [`task`] does this; tests do it on a virtual clock. As quinn-proto documents for its
-//! `Connection`, the order matters:
+//! The task behind [`spawn`] does this; the tests do it on a virtual clock. As quinn-proto
+//! documents for its `Connection`, the order matters:
 //!
 //! 1. **Create** the [`Session`] with the start instant, the wall-clock time at that
 //!    instant, and a random seed.
@@ -85,6 +85,9 @@
 //!    [`Session::handle_agent_eof`]), a command ([`Session::handle_command`]; the handle
 //!    dropped: [`Session::close`]). Then go back to step 2.
 //!
+//! Once the session has decided to end, inputs are ignored and [`Session::poll_timeout`]
+//! is `None`: only its goodbyes are left to drain (steps 3 and 4).
+//!
 //! # Ending
 //!
 //! `Stop` (or the handle dropped) → reason `None`; agent `Hangup` → queued audio played
@@ -97,7 +100,7 @@
 //!
 //! # SRTP
 //!
-//! With SRTP keys in [`Negotiated`] every datagram is SRTP or SRTCP ([`protection`]):
+//! With SRTP keys in [`Negotiated`] every datagram is SRTP or SRTCP (`protection.rs`):
 //! received ones are authenticated and decrypted in place before anything else looks at
 //! them (so only an authentic packet can latch the source), sent ones are protected last,
 //! in the buffer given to [`Session::poll_transmit`]. Packets that fail are dropped and
