@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::media::rtcp::{RtcpWriter, SenderInfo};
-use crate::media::srtp::{SrtpContext, MAX_OVERHEAD};
+use crate::media::srtp::{SrtpContext, SrtpError, MAX_OVERHEAD};
 use crate::sdp::{SrtpKeys, SrtpSuite};
 
 /// SDES keys as the engine would hand them over: ours protect what the session sends,
@@ -29,18 +29,15 @@ impl Caller {
         }
     }
 
-    fn protect_rtp(&mut self, mut pkt: Vec<u8>) -> Vec<u8> {
+    /// `pkt` protected with `protect` (SRTP or SRTCP) under the caller's key.
+    fn protect(
+        &mut self,
+        protect: fn(&mut SrtpContext, &mut [u8], usize) -> Result<usize, SrtpError>,
+        mut pkt: Vec<u8>,
+    ) -> Vec<u8> {
         let len = pkt.len();
         pkt.resize(len + MAX_OVERHEAD, 0);
-        let n = self.tx.protect_rtp(&mut pkt, len).unwrap();
-        pkt.truncate(n);
-        pkt
-    }
-
-    fn protect_rtcp(&mut self, mut pkt: Vec<u8>) -> Vec<u8> {
-        let len = pkt.len();
-        pkt.resize(len + MAX_OVERHEAD, 0);
-        let n = self.tx.protect_rtcp(&mut pkt, len).unwrap();
+        let n = protect(&mut self.tx, &mut pkt, len).unwrap();
         pkt.truncate(n);
         pkt
     }
@@ -65,7 +62,10 @@ fn srtp_both_ways_with_forgeries_and_replays_dropped_and_counted() {
         let mut first = Vec::new();
         for (i, p) in payloads.iter().enumerate() {
             let seq = 1000 + i as u16;
-            let pkt = caller.protect_rtp(rtp_packet(0, seq, 160 * u32::from(seq), 0x77, i == 0, p));
+            let pkt = caller.protect(
+                SrtpContext::protect_rtp,
+                rtp_packet(0, seq, 160 * u32::from(seq), 0x77, i == 0, p),
+            );
             h.rtp(&pkt);
             h.advance(20 * MS);
             if i == 0 {
@@ -85,7 +85,7 @@ fn srtp_both_ways_with_forgeries_and_replays_dropped_and_counted() {
         let mut w = RtcpWriter::new(&mut sr);
         w.sender_report(0x77, &SenderInfo::default(), &[]).unwrap();
         let n = w.len();
-        let srtcp = caller.protect_rtcp(sr[..n].to_vec());
+        let srtcp = caller.protect(SrtpContext::protect_rtcp, sr[..n].to_vec());
         h.rtcp_from(caller_rtcp(), &srtcp);
         let mut forged = srtcp.clone();
         forged[10] ^= 1;

@@ -9,12 +9,38 @@ use tokio::time::timeout;
 
 use super::*;
 use crate::agent::AgentLink;
-use crate::media::ports::PortPool;
+use crate::media::ports::{PortPool, RtpSocket};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 async fn peer_socket() -> UdpSocket {
     UdpSocket::bind((LOCAL, 0)).await.unwrap()
+}
+
+/// The task for a PCMU session with the caller's RTP and RTCP sockets, and the agent's
+/// ends of its channels.
+fn start(
+    socket: RtpSocket,
+    rtp: &UdpSocket,
+    rtcp: &UdpSocket,
+) -> (
+    MediaHandle,
+    mpsc::Receiver<ToAgent>,
+    mpsc::Sender<FromAgent>,
+) {
+    let mut cfg = config(Codec::Pcmu, AudioEncoding::Mulaw8000);
+    cfg.negotiated = negotiated(
+        Codec::Pcmu,
+        rtp.local_addr().unwrap(),
+        rtcp.local_addr().unwrap(),
+    );
+    let (to_agent, agent_rx) = mpsc::channel(4096);
+    let (agent_tx, from_agent) = mpsc::channel(64);
+    let link = AgentLink {
+        to_agent,
+        from_agent,
+    };
+    (spawn(socket, cfg, link), agent_rx, agent_tx)
 }
 
 /// Waits for the next RTCP datagram on `sock` that carries a BYE.
@@ -38,22 +64,7 @@ async fn the_task_carries_audio_both_ways_and_stop_releases_the_port() {
     assert!(pool.bind().await.is_err());
     let media = socket.local_addr().unwrap();
     let (rtp, rtcp) = (peer_socket().await, peer_socket().await);
-    let mut cfg = config(Codec::Pcmu, AudioEncoding::Mulaw8000);
-    cfg.negotiated = negotiated(
-        Codec::Pcmu,
-        rtp.local_addr().unwrap(),
-        rtcp.local_addr().unwrap(),
-    );
-    let (to_agent, mut agent_rx) = mpsc::channel(4096);
-    let (agent_tx, from_agent) = mpsc::channel(64);
-    let handle = spawn(
-        socket,
-        cfg,
-        AgentLink {
-            to_agent,
-            from_agent,
-        },
-    );
+    let (handle, mut agent_rx, agent_tx) = start(socket, &rtp, &rtcp);
 
     // The agent talks for 200 ms while the caller sends 500 ms of a tone.
     let speech = mulaw(&tone(1000.0, 8000, 1600, 0));
@@ -113,18 +124,7 @@ async fn the_task_ends_when_the_agent_goes_away() {
         let socket = pool.bind().await.unwrap();
         let media = socket.local_addr().unwrap();
         let rtp = peer_socket().await;
-        let mut cfg = config(Codec::Pcmu, AudioEncoding::Mulaw8000);
-        cfg.negotiated.remote_rtp = rtp.local_addr().unwrap();
-        let (to_agent, agent_rx) = mpsc::channel(64);
-        let (agent_tx, from_agent) = mpsc::channel(8);
-        let handle = spawn(
-            socket,
-            cfg,
-            AgentLink {
-                to_agent,
-                from_agent,
-            },
-        );
+        let (handle, agent_rx, agent_tx) = start(socket, &rtp, &rtp);
         let _keep = if receiver_gone {
             drop(agent_rx);
             for seq in 0..5u16 {
