@@ -3,9 +3,9 @@
 //!
 //! [`Session`] is the sans-IO core: it holds everything hot for one call (sequence
 //! tracker, jitter buffer, codecs, resamplers, playout clock, SRTP contexts) and no
-//! socket, channel, timer, clock or random source: time comes in as an [`Instant`] with
-//! every input, the wall clock is derived from one anchor taken at the start, and
-//! randomness from a seed. [`spawn`] runs it in a thin tokio task between the call's
+//! socket, channel, timer, clock or random source: time comes in as an
+//! [`Instant`](std::time::Instant) with every input, the wall clock is derived from one
+//! anchor taken at the start, and randomness from a seed. [`spawn`] runs it in a thin tokio task between the call's
 //! RTP socket pair (from the [`ports`](crate::media::ports) pool) and the agent bridge's
 //! channels ([`AgentLink`](crate::agent::AgentLink)). Nothing is shared with other calls
 //! and nothing is locked per packet. Buffers are allocated when the session starts (or
