@@ -1,24 +1,30 @@
-//! Per-packet CPU cost of a call's media paths, without sockets: the same
-//! `InboundPath` (RTP → agent frame) and `OutboundPath` (agent audio → RTP) the media task
-//! drives, fed 20 ms packets on a virtual clock. Prints ns per packet and the share of one
-//! core a call costs (both directions, 50 packets per second each way).
+//! Per-packet CPU cost of a call's media, without sockets, fed 20 ms packets on a virtual
+//! clock. The first table times the two paths the session core drives: `InboundPath` (RTP
+//! → agent frame) and `OutboundPath` (agent audio → RTP); it prints ns per packet and the
+//! share of one core a call costs (both directions, 50 packets per second each way).
 //!
 //! With SRTP the paths do what the session's packet protection does around them:
 //! unprotect each received datagram in place before parsing it, and copy each packet to
-//! send into a scratch buffer and protect it there. A second table times SRTP alone:
-//! protect and unprotect of one 172-byte PCMU RTP packet (12-byte header, 160 bytes).
+//! send into the transmit buffer and protect it there. A second table times the whole
+//! sans-IO `Session` (both paths plus latching, timers, RTCP, events) the way the media
+//! task drives it. A third times SRTP alone: protect and unprotect of one 172-byte PCMU
+//! RTP packet (12-byte header, 160 bytes).
 //!
 //! Run: `cargo bench --bench media_session` (release profile; about 15 s).
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
 
+use dialtone::agent::{FromAgent, ToAgent};
 use dialtone::media::codec::{Codec, Encoder};
 use dialtone::media::rtp::{RtpHeader, RtpPacket};
-use dialtone::media::session::{InboundPath, OutboundPath, Polled, StreamParams};
+use dialtone::media::session::{
+    Event, InboundPath, OutboundPath, Polled, Session, SessionConfig, StreamParams, MAX_TRANSMIT,
+};
 use dialtone::media::srtp::{SrtpContext, MAX_OVERHEAD};
 use dialtone::model::AudioEncoding;
-use dialtone::sdp::SrtpSuite;
+use dialtone::sdp::{Direction, Negotiated, SrtpKeys, SrtpSuite};
 
 const PACKETS: usize = 100_000;
 const FRAME: Duration = Duration::from_millis(20);
@@ -185,6 +191,85 @@ fn outbound(codec: Codec, agent: AudioEncoding, srtp: Option<SrtpSuite>) -> f64 
     elapsed.as_nanos() as f64 / PACKETS as f64
 }
 
+/// ns per 20 ms for a whole session core: one caller packet in, one chunk of agent audio
+/// in (a fresh `Vec`, as the bridge hands it over), the timers, one RTP packet out (and
+/// RTCP now and then), the agent frame out.
+fn session(codec: Codec, agent: AudioEncoding, srtp: Option<SrtpSuite>) -> f64 {
+    let caller: SocketAddr = ([192, 0, 2, 10], 40000).into();
+    let keys = srtp.map(|suite| SrtpKeys {
+        suite,
+        local_key_salt: master_key(suite, 3),
+        remote_key_salt: master_key(suite, 7),
+    });
+    let cfg = SessionConfig {
+        negotiated: Negotiated {
+            media_index: 0,
+            remote_rtp: caller,
+            remote_rtcp: Some(([192, 0, 2, 10], 40001).into()),
+            rtcp_mux: false,
+            codec,
+            payload_type: codec.payload_type(),
+            telephone_event: Some(101),
+            ptime: 20,
+            direction: Direction::SendRecv,
+            remote_hold: false,
+            srtp: keys,
+        },
+        agent_encoding: agent,
+        no_audio_timeout: Duration::from_secs(3600),
+        inactivity_timeout: Duration::from_secs(3600),
+        hangup_drain_cap: Duration::from_secs(1),
+        ssrc: 0x5678,
+        cname: "bench".into(),
+        early: false,
+    };
+    let t0 = Instant::now();
+    let mut core = Session::new(cfg, t0, SystemTime::now(), 1);
+    let payloads = caller_payloads(codec);
+    let chunks = agent_chunks(agent);
+    let wire = srtp.map(|suite| srtp_datagrams(codec, suite, PACKETS / 10 + PACKETS));
+    let mut datagram = [0u8; STRIDE];
+    let mut out = vec![0u8; MAX_TRANSMIT];
+    let (mut sent, mut frames) = (0usize, 0usize);
+    let mut run = |core: &mut Session, range: std::ops::Range<usize>| {
+        let started = Instant::now();
+        for i in range {
+            let now = t0 + FRAME * i as u32;
+            // Writing the datagram stands in for the socket read.
+            let len = match &wire {
+                None => caller_packet(codec, &payloads, i, &mut datagram),
+                Some((flat, lens)) => {
+                    datagram[..lens[i]].copy_from_slice(&flat[i * STRIDE..i * STRIDE + lens[i]]);
+                    lens[i]
+                }
+            };
+            core.handle_rtp(now, caller, &mut datagram[..len]);
+            core.handle_agent(now, FromAgent::Media(chunks[i % 50].clone()));
+            core.handle_timeout(now);
+            while let Some(t) = core.poll_transmit(now, &mut out) {
+                black_box(&out[..t.len]);
+                sent += 1;
+                core.handle_sent(&t, Ok(t.len));
+            }
+            while let Some(event) = core.poll_event() {
+                if let Event::Agent(ToAgent::Media(frame)) = event {
+                    black_box(frame);
+                    frames += 1;
+                }
+            }
+        }
+        started.elapsed()
+    };
+    run(&mut core, 0..PACKETS / 10);
+    let elapsed = run(&mut core, PACKETS / 10..PACKETS / 10 + PACKETS);
+    assert!(
+        sent >= PACKETS && frames >= PACKETS,
+        "every 20 ms made a packet and a frame"
+    );
+    assert_eq!(core.stats().packets_dropped, 0, "nothing was refused");
+    elapsed.as_nanos() as f64 / PACKETS as f64
+}
+
 /// ns per packet to protect, then to unprotect, 172-byte PCMU RTP packets with `suite`.
 fn srtp_alone(suite: SrtpSuite) -> (f64, f64) {
     let codec = Codec::Pcmu;
@@ -262,6 +347,17 @@ fn main() {
         // Each direction handles one packet per 20 ms.
         let share = (inb + out) / FRAME.as_nanos() as f64 * 100.0;
         println!("{name:<50} {inb:>12.0} {out:>12.0} {share:>15.4}%");
+    }
+    println!();
+    println!("session core: {PACKETS} rounds of 20 ms (a packet and a chunk each way)");
+    println!(
+        "{:<50} {:>12} {:>16}",
+        "codec -> agent", "ns/20 ms", "core % per call"
+    );
+    for (name, codec, agent, srtp) in cases {
+        let ns = session(codec, agent, srtp);
+        let share = ns / FRAME.as_nanos() as f64 * 100.0;
+        println!("{name:<50} {ns:>12.0} {share:>15.4}%");
     }
     println!();
     println!("srtp: {PACKETS} PCMU RTP packets of 172 bytes, one context each way");

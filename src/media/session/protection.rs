@@ -2,7 +2,7 @@
 //! [`SrtpContext`] per direction keyed from the negotiated SDES keys. Its failures are
 //! [`DropCause`]s, counted like every other drop.
 
-use super::{DropCause, DATAGRAM_BUF};
+use super::DropCause;
 use crate::media::srtp::{SrtpContext, SrtpError};
 use crate::sdp::SrtpKeys;
 
@@ -22,9 +22,6 @@ pub(super) struct Contexts {
     tx: SrtpContext,
     /// Keyed with the peer's master key: unprotects what we receive.
     rx: SrtpContext,
-    /// Outgoing RTP is protected here (the packet plus its tag), not in the playout's
-    /// buffer, so the outbound path stays unaware of SRTP.
-    scratch: Box<[u8]>,
 }
 
 impl Protection {
@@ -37,7 +34,6 @@ impl Protection {
                 keys: keys.clone(),
                 tx,
                 rx: SrtpContext::new(keys.suite, &keys.remote_key_salt)?,
-                scratch: vec![0; DATAGRAM_BUF].into_boxed_slice(),
             })
         });
         match contexts {
@@ -75,20 +71,23 @@ impl Protection {
         }
     }
 
-    /// The datagram to send for the RTP `packet`.
-    pub fn outgoing_rtp<'a>(&'a mut self, packet: &'a [u8]) -> Result<&'a [u8], DropCause> {
-        match self {
-            Protection::Plain => Ok(packet),
-            Protection::Srtp(c) => {
-                let room = c
-                    .scratch
-                    .get_mut(..packet.len())
-                    .ok_or(DropCause::SendFailed)?;
+    /// Writes the datagram to send for the RTP `packet` into `out` (the packet, protected
+    /// there with SRTP, so the outbound path's own buffer stays plain); returns its
+    /// length. Fails when `out` has no room for it.
+    pub fn outgoing_rtp(&mut self, packet: &[u8], out: &mut [u8]) -> Result<usize, DropCause> {
+        let copy = |out: &mut [u8]| match out.get_mut(..packet.len()) {
+            Some(room) => {
                 room.copy_from_slice(packet);
-                let n =
-                    c.tx.protect_rtp(&mut c.scratch, packet.len())
-                        .map_err(|_| DropCause::SendFailed)?;
-                Ok(&c.scratch[..n])
+                Ok(packet.len())
+            }
+            None => Err(DropCause::SendFailed),
+        };
+        match self {
+            Protection::Plain => copy(out),
+            Protection::Srtp(c) => {
+                let len = copy(out)?;
+                c.tx.protect_rtp(out, len)
+                    .map_err(|_| DropCause::SendFailed)
             }
             Protection::Unusable => Err(DropCause::SendFailed),
         }
