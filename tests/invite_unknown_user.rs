@@ -54,7 +54,7 @@ fn raw_udp_invite_gets_trying_then_404_and_nothing_after_ack() {
         "only 100 Trying may precede the 404: {codes:?}"
     );
     assert!(not_found.to_tag().is_some(), "404 must carry a To tag");
-    assert_eq!(not_found.cseq_method().as_deref(), Some("INVITE"));
+    assert_eq!(not_found.cseq_method(), Some("INVITE"));
 
     client.send_request(&invite.ack_for(&not_found));
     // T1 is 500 ms: without the ACK the 404 would be retransmitted at 0.5 s and 1.5 s.

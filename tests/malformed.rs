@@ -14,9 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use harness::server::Server;
-use harness::sip::{
-    branch, find, options_probe, Reply, SipMsg, TcpClient, Transport, UdpClient,
-};
+use harness::sip::{branch, find, options_probe, Reply, SipMsg, TcpClient, Transport, UdpClient};
 use harness::{tests_path, unique};
 
 /// An RFC 4475 torture message (or the manifest), byte for byte.
@@ -176,7 +174,8 @@ fn udp_case(server: &Server, case: &Case, expect: Expect, problems: &mut Vec<Str
             // Retransmissions of the same answer are fine; anything else is not.
             while let Some(d) = client.recv(Duration::from_millis(700)) {
                 match SipMsg::parse_response(&d) {
-                    Some(r) if r.code() == first.code() && r.cseq_method() == first.cseq_method() => {}
+                    Some(r)
+                        if r.code() == first.code() && r.cseq_method() == first.cseq_method() => {}
                     _ => problems.push(format!(
                         "something followed the answer: {:?}",
                         String::from_utf8_lossy(&d)

@@ -77,7 +77,9 @@ fn trunk_challenge_is_answered_and_stop_call_sends_bye() {
     // connects) and it received our BYE.
     assert_eq!(
         trunk.wait().code,
-        Some(0), "the trunk scenario did not complete");
+        Some(0),
+        "the trunk scenario did not complete"
+    );
 }
 
 #[test]
@@ -132,7 +134,9 @@ fn final_failures_map_to_their_reasons() {
         ("480", "dial_no_answer"),
     ];
     for (i, (status, reason)) in cases.iter().enumerate() {
-        let trunk = Sipp::uas("sipp/trunk_reject.xml").replace("status", status).start();
+        let trunk = Sipp::uas("sipp/trunk_reject.xml")
+            .replace("status", status)
+            .start();
         let number = format!("+1415555020{i}");
         import(
             &server,
@@ -147,8 +151,8 @@ fn final_failures_map_to_their_reasons() {
         );
         assert_eq!(call["sip_status"].as_u64(), status.parse().ok(), "{call}");
         assert_eq!(
-        trunk.wait().code,
-        Some(0),
+            trunk.wait().code,
+            Some(0),
             "status {status}: the trunk never got its ACK"
         );
     }
@@ -177,12 +181,14 @@ fn trunk_that_never_answers_ends_as_dial_failed() {
 #[test]
 fn unknown_caller_id_is_an_api_error() {
     let server = Server::start();
-    let (status, body) = server.api("POST",
+    let (status, body) = server.api(
+        "POST",
         "/v2/create-phone-call",
         Some(json!({"from_number": "+14155550999", "to_number": "+14155550199"})),
     );
     assert_eq!(status, 404, "{body}");
-    let (status, body) = server.api("POST",
+    let (status, body) = server.api(
+        "POST",
         "/v2/create-phone-call",
         Some(json!({"from_number": "+14155550999", "to_number": "not-e164"})),
     );
@@ -192,7 +198,9 @@ fn unknown_caller_id_is_an_api_error() {
 #[test]
 fn outbound_country_list_dials_listed_countries_only() {
     let server = Server::start();
-    let trunk = Sipp::uas("sipp/trunk_reject.xml").replace("status", "486").start();
+    let trunk = Sipp::uas("sipp/trunk_reject.xml")
+        .replace("status", "486")
+        .start();
     let body = json!({
         "phone_number": "+14155550115",
         "termination_uri": format!("127.0.0.1:{}", trunk.sip_port),
@@ -223,9 +231,7 @@ fn outbound_country_list_dials_listed_countries_only() {
     let call_id = placed["call_id"].as_str().unwrap();
     let ended = wait_call(&server, call_id, |c| c["call_status"] == "not_connected");
     assert_eq!(ended["disconnection_reason"], "dial_busy", "{ended}");
-    assert_eq!(
-        trunk.wait().code,
-        Some(0), "the trunk never got the INVITE");
+    assert_eq!(trunk.wait().code, Some(0), "the trunk never got the INVITE");
 
     let (status, calls) = server.api("POST", "/v3/list-calls", Some(json!({})));
     assert_eq!(status, 200, "{calls}");
@@ -288,8 +294,12 @@ fn trunk_failing_tls_ends_as_provider_unavailable() {
 #[test]
 fn trunk_host_is_found_through_srv_then_a_records() {
     // Two trunks; DNS is the only thing that says where they are.
-    let busy = Sipp::uas("sipp/trunk_reject.xml").replace("status", "486").start();
-    let declining = Sipp::uas("sipp/trunk_reject.xml").replace("status", "603").start();
+    let busy = Sipp::uas("sipp/trunk_reject.xml")
+        .replace("status", "486")
+        .start();
+    let declining = Sipp::uas("sipp/trunk_reject.xml")
+        .replace("status", "603")
+        .start();
     let dns = Dns::start(&[
         // RFC 3263: no port in the URI, so SRV _sip._udp names the host and the port.
         format!(
@@ -306,7 +316,9 @@ fn trunk_host_is_found_through_srv_then_a_records() {
     assert_eq!(call["disconnection_reason"], "dial_busy", "{call}");
     assert_eq!(
         busy.wait().code,
-        Some(0), "the SRV target never got the INVITE");
+        Some(0),
+        "the SRV target never got the INVITE"
+    );
 
     let termination = format!("gw2.trunk.test:{}", declining.sip_port);
     import(&server, "+14155550118", &termination, false);

@@ -248,8 +248,7 @@ impl TestAgent {
     ) {
         let snap = self
             .wait_until(limit, |all| {
-                all.iter()
-                    .any(|c| c.call_sid() == Some(call_id) && pred(c))
+                all.iter().any(|c| c.call_sid() == Some(call_id) && pred(c))
             })
             .await;
         assert!(

@@ -54,7 +54,10 @@ impl Server {
             body,
         )
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+        (
+            r.status,
+            serde_json::from_str(&r.body).unwrap_or(Value::Null),
+        )
     }
 
     /// Creates an audio-websocket agent streaming to `ws_url` in `encoding`; its id.
@@ -80,6 +83,14 @@ impl Server {
             .as_str()
             .unwrap_or_else(|| panic!("create-agent: no agent_id in {body}"))
             .to_string()
+    }
+
+    /// Changes an agent (asserts 200); returns the agent object.
+    pub fn update_agent(&self, agent_id: &str, changes: Value) -> Value {
+        let (status, agent) =
+            self.api("PATCH", &format!("/update-agent/{agent_id}"), Some(changes));
+        assert_eq!(status, 200, "update-agent {agent_id}: {agent}");
+        agent
     }
 
     /// Registers a call for `agent_id` (with metadata and the dynamic variable
@@ -136,7 +147,12 @@ impl Server {
 
     /// Polls the call object until `done` holds or `limit` passes; returns the last one
     /// read either way (the caller asserts).
-    pub fn wait_call(&self, call_id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_call(
+        &self,
+        call_id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + limit;
         loop {
             let call = self.get_call(call_id);

@@ -112,10 +112,7 @@ impl Baresip {
                 break s;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "baresip exited ({status}):\n{}",
-                    read_text(&log_path)
-                );
+                panic!("baresip exited ({status}):\n{}", read_text(&log_path));
             }
             assert!(
                 Instant::now() < deadline,

@@ -12,12 +12,12 @@ use super::agent::{assert_stream_opening, Connection, Mode, TestAgent};
 use super::api::assert_ended_by_caller;
 use super::audio::{self, ToneReport};
 use super::capture::Capture;
+use super::now_ms;
 use super::pcap::{rtp_only, split_rtp, Rtp, UdpPacket};
 use super::ports::free_port_block;
 use super::server::Server;
 use super::sip::{sdp_audio_payload_types, sdp_media_addr};
 use super::sipp::{Sipp, SippRun};
-use super::now_ms;
 
 /// One SIPp pcap call to run and check.
 pub struct PcapCall {

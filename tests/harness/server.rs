@@ -304,7 +304,10 @@ impl Server {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("(no 200 from /healthz within {limit:?})\n{}", self.log()));
+                return Err(format!(
+                    "(no 200 from /healthz within {limit:?})\n{}",
+                    self.log()
+                ));
             }
             thread::sleep(Duration::from_millis(50));
         }

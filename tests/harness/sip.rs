@@ -522,7 +522,12 @@ impl UdpClient {
             self.sock.set_read_timeout(Some(left)).unwrap();
             match self.sock.recv_from(&mut buf) {
                 Ok((n, _)) => return Some(buf[..n].to_vec()),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return None
                 }
                 // ICMP port unreachable from an earlier send; keep listening.
@@ -602,7 +607,12 @@ impl TcpClient {
                 self.buf.extend_from_slice(&chunk[..n]);
                 true
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 false
             }
             Err(_) => {
