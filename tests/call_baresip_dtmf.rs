@@ -33,17 +33,7 @@ async fn baresip_g722_call_delivers_each_dtmf_digit_exactly_once() {
 
     let t0 = now_ms();
     let target = format!("sip:{call_id}@{}", server.sip_addr());
-    let resp = ua.command("dial", &target).await;
-    assert_eq!(resp["ok"], true, "baresip dial: {resp}");
-    let established = ua
-        .wait_event("CALL_ESTABLISHED", Duration::from_secs(10))
-        .await;
-    assert!(
-        established.is_some(),
-        "the call to dialtone was not established; baresip events: {:?}\n{}",
-        ua.events,
-        ua.log()
-    );
+    ua.dial(&target).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     for digit in ["1", "2", "#"] {
         let resp = ua.command("sndcode", digit).await;
@@ -51,14 +41,7 @@ async fn baresip_g722_call_delivers_each_dtmf_digit_exactly_once() {
         tokio::time::sleep(Duration::from_millis(800)).await;
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let resp = ua.command("hangup", "").await;
-    assert_eq!(resp["ok"], true, "hangup: {resp}");
-    let closed = ua.wait_event("CALL_CLOSED", Duration::from_secs(5)).await;
-    assert!(
-        closed.is_some(),
-        "baresip did not see the call close: {:?}",
-        ua.events
-    );
+    ua.hang_up().await;
     let packets = capture.stop().await;
 
     // baresip did send RFC 4733 events (else the test, not dialtone, is at fault).

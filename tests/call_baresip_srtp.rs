@@ -165,27 +165,9 @@ fn wire_tone(
 /// Dials dialtone from baresip, talks for 4 s, hangs up; returns what the wire carried.
 async fn call_and_hang_up(ua: &mut Baresip, target: &str, dir: &Path) -> Vec<UdpPacket> {
     let capture = Capture::udp(dir, ua.rtp_ports).await;
-    let resp = ua.command("dial", target).await;
-    assert_eq!(resp["ok"], true, "baresip dial: {resp}");
-    let established = ua
-        .wait_event("CALL_ESTABLISHED", Duration::from_secs(10))
-        .await;
-    assert!(
-        established.is_some(),
-        "the call was not established; baresip events: {:?}\n{}",
-        ua.events,
-        ua.log()
-    );
+    ua.dial(target).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let resp = ua.command("hangup", "").await;
-    assert_eq!(resp["ok"], true, "hangup: {resp}");
-    assert!(
-        ua.wait_event("CALL_CLOSED", Duration::from_secs(5))
-            .await
-            .is_some(),
-        "baresip did not see the call close: {:?}",
-        ua.events
-    );
+    ua.hang_up().await;
     capture.stop().await
 }
 

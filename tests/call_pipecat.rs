@@ -130,19 +130,9 @@ async fn pipecat_bot_ending_its_pipeline_hangs_up_after_its_goodbye() {
     let t0 = now_ms();
     let mut uac = Uac::new(server.sip_addr(), &call_id);
     let offer = uac.sdp(&[0, 101], "sendrecv");
-    let outcome = uac.invite(Some(&offer), Duration::from_secs(20));
-    let ok = outcome.final_response.unwrap_or_else(|| {
-        panic!(
-            "no final response to the INVITE (provisional {:?})",
-            outcome.provisional
-        )
-    });
-    assert_eq!(
-        ok.status(),
-        Some(200),
-        "the call should be answered:\n{}",
-        ok.raw
-    );
+    let ok = uac
+        .invite(Some(&offer), Duration::from_secs(20))
+        .expect_answered("the Pipecat call");
     uac.ack(1, None);
     let media = ok.sdp_media_addr().expect("SDP in the 200");
     let answered = Instant::now();

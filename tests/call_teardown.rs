@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::agent::{AgentCmd, Mode, TestAgent};
+use harness::agent::{AgentCmd, Connection, Mode, TestAgent};
 use harness::api::assert_call_final;
 use harness::ports::free_port_block;
 use harness::server::Server;
@@ -60,6 +60,27 @@ fn expect_bye(leg: &mut Uac, limit: Duration, why: &str) -> SipMsg {
                 .collect::<Vec<_>>()
         )
     })
+}
+
+/// Waits (≤ 5 s) until the agent's connection for `call_id` is over; returns it.
+async fn agent_closed(agent: &TestAgent, call_id: &str) -> Connection {
+    agent
+        .wait_conn(call_id, Duration::from_secs(5), "socket closed", |conn| {
+            conn.finished
+        })
+        .await;
+    agent.connection_for(call_id)
+}
+
+/// The agent got `stop` (`why`: when), then the gateway closed its socket with 1000.
+fn assert_stopped_then_closed(conn: &Connection, why: &str) {
+    let names = conn.event_names();
+    assert!(names.iter().any(|n| n == "stop"), "{why}; got {names:?}");
+    assert_eq!(
+        conn.close_code,
+        Some(1000),
+        "{why}: then the gateway closes the agent socket with 1000"
+    );
 }
 
 /// The `dialtone_media_sessions` gauge from `/metrics` (None when not exported yet).
@@ -148,25 +169,8 @@ async fn stop_call_sends_bye_stops_the_agent_and_ends_manual_stopped() {
         "the BYE belongs to our dialog:\n{}",
         bye.raw
     );
-    c.agent
-        .wait_conn(
-            &c.call_id,
-            Duration::from_secs(5),
-            "`stop` then close 1000",
-            |conn| conn.finished && conn.close_code.is_some(),
-        )
-        .await;
-    let conn = c.agent.connection_for(&c.call_id);
-    let (names, close) = (conn.event_names(), conn.close_code);
-    assert!(
-        names.iter().any(|n| n == "stop"),
-        "the agent must receive `stop` on stop-call; got {names:?}"
-    );
-    assert_eq!(
-        close,
-        Some(1000),
-        "the gateway closes the agent socket with 1000"
-    );
+    let conn = agent_closed(&c.agent, &c.call_id).await;
+    assert_stopped_then_closed(&conn, "the agent must receive `stop` on stop-call");
     let call = expect_final(&c.server, &c.call_id, "ended", "manual_stopped", c.t0, true);
     // A second stop of an ended call is refused, not a second ending.
     let (again, body) = c.server.stop_call(&c.call_id);
@@ -189,21 +193,8 @@ async fn agent_hangup_event_sends_bye_and_ends_agent_hangup() {
     c.agent.command(&c.call_id, AgentCmd::Hangup);
     expect_bye(&mut c.leg, Duration::from_secs(8), "agent `hangup`");
     expect_final(&c.server, &c.call_id, "ended", "agent_hangup", c.t0, true);
-    c.agent
-        .wait_conn(
-            &c.call_id,
-            Duration::from_secs(5),
-            "socket closed",
-            |conn| conn.finished,
-        )
-        .await;
-    let conn = c.agent.connection_for(&c.call_id);
-    let (names, close) = (conn.event_names(), conn.close_code);
-    assert!(
-        names.iter().any(|n| n == "stop"),
-        "after `hangup` the agent still gets `stop`; got {names:?}"
-    );
-    assert_eq!(close, Some(1000), "then the gateway closes with 1000");
+    let conn = agent_closed(&c.agent, &c.call_id).await;
+    assert_stopped_then_closed(&conn, "after `hangup` the agent still gets `stop`");
     assert_media_tasks_freed(&c.server);
 }
 
@@ -213,14 +204,7 @@ async fn agent_close_1000_sends_bye_and_ends_agent_hangup() {
     c.agent.command(&c.call_id, AgentCmd::Close(1000));
     expect_bye(&mut c.leg, Duration::from_secs(8), "agent close 1000");
     expect_final(&c.server, &c.call_id, "ended", "agent_hangup", c.t0, true);
-    c.agent
-        .wait_conn(
-            &c.call_id,
-            Duration::from_secs(5),
-            "socket closed",
-            |conn| conn.finished,
-        )
-        .await;
+    agent_closed(&c.agent, &c.call_id).await;
     assert_media_tasks_freed(&c.server);
 }
 
@@ -241,14 +225,7 @@ async fn agent_close_1011_sends_bye_and_ends_websocket_runtime_error() {
         c.t0,
         true,
     );
-    c.agent
-        .wait_conn(
-            &c.call_id,
-            Duration::from_secs(5),
-            "socket closed",
-            |conn| conn.finished,
-        )
-        .await;
+    agent_closed(&c.agent, &c.call_id).await;
     assert_media_tasks_freed(&c.server);
 }
 
@@ -256,8 +233,17 @@ async fn agent_close_1011_sends_bye_and_ends_websocket_runtime_error() {
 // 4. CANCEL before the answer
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_while_agent_stalls_gets_487_and_ends_user_hangup() {
+/// A server, an agent that stalls its websocket upgrade, and a call ringing while the
+/// gateway waits on that agent.
+struct Ringing {
+    server: Server,
+    agent: TestAgent,
+    call_id: String,
+    leg: Uac,
+    t0: i64,
+}
+
+async fn ringing_on_a_stalled_agent() -> Ringing {
     let server = Server::start_with(&[("DIALTONE__CALLS__AGENT_CONNECT_TIMEOUT_MS", "15000")]);
     let agent = TestAgent::start(Mode::Stall(Duration::from_secs(30))).await;
     let agent_id = server.create_agent(&agent.url(), "mulaw_8000");
@@ -273,15 +259,42 @@ async fn cancel_while_agent_stalls_gets_487_and_ends_user_hangup() {
         );
     }
     // The gateway is now waiting on the stalled agent: make sure it really reached it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.connections().iter().all(|c| c.stalled_bytes == 0) {
-        assert!(
-            Instant::now() < deadline,
-            "the gateway never sent the agent its upgrade request; connections:\n{}",
-            agent.describe_all()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    agent
+        .assert_within(
+            Duration::from_secs(5),
+            "the gateway sending the agent its upgrade request",
+            |all| all.iter().any(|c| c.stalled_bytes > 0),
+        )
+        .await;
+    Ringing {
+        server,
+        agent,
+        call_id,
+        leg,
+        t0,
     }
+}
+
+/// The half-open agent connection is given up after `why`, not left hanging.
+async fn assert_stalled_agent_released(agent: &TestAgent, why: &str) {
+    agent
+        .assert_within(
+            Duration::from_secs(5),
+            &format!("the gateway closing the stalled agent connection after {why}"),
+            |all| all.iter().all(|c| c.stalled_peer_closed),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_while_agent_stalls_gets_487_and_ends_user_hangup() {
+    let Ringing {
+        server,
+        agent,
+        call_id,
+        mut leg,
+        t0,
+    } = ringing_on_a_stalled_agent().await;
     let (cancel_status, invite_final) = leg.cancel(Duration::from_secs(8));
     assert_eq!(cancel_status, Some(200), "the CANCEL is answered 200");
     let invite_final = invite_final.expect("no final response to the INVITE after CANCEL");
@@ -292,17 +305,7 @@ async fn cancel_while_agent_stalls_gets_487_and_ends_user_hangup() {
         invite_final.raw
     );
     expect_final(&server, &call_id, "ended", "user_hangup", t0, false);
-    // The half-open agent connection is given up, not left hanging.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !agent.connections().iter().all(|c| c.stalled_peer_closed) {
-        assert!(
-            Instant::now() < deadline,
-            "the gateway kept the stalled agent connection open after the CANCEL; \
-             connections:\n{}",
-            agent.describe_all()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_stalled_agent_released(&agent, "the CANCEL").await;
     // Nothing more arrives for this call: no 200, no BYE.
     let late = leg.recv(Duration::from_millis(1500));
     if let Some(m) = late {
@@ -331,21 +334,11 @@ async fn no_rtp_at_all_ends_with_bye_and_no_audio_error() {
         c.t0,
         true,
     );
-    c.agent
-        .wait_conn(
-            &c.call_id,
-            Duration::from_secs(5),
-            "`stop` and close",
-            |conn| conn.finished,
-        )
-        .await;
-    let conn = c.agent.connection_for(&c.call_id);
-    let (names, close) = (conn.event_names(), conn.close_code);
-    assert!(
-        names.iter().any(|n| n == "stop"),
-        "the agent gets `stop` when the call ends for no audio; got {names:?}"
+    let conn = agent_closed(&c.agent, &c.call_id).await;
+    assert_stopped_then_closed(
+        &conn,
+        "the agent gets `stop` when the call ends for no audio",
     );
-    assert_eq!(close, Some(1000), "then the gateway closes with 1000");
     assert_media_tasks_freed(&c.server);
 }
 
@@ -716,25 +709,13 @@ async fn agent_connection_dropped_without_close_ends_lost_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_call_while_ringing_refuses_the_invite_and_ends_manual_stopped() {
-    let server = Server::start_with(&[("DIALTONE__CALLS__AGENT_CONNECT_TIMEOUT_MS", "15000")]);
-    let agent = TestAgent::start(Mode::Stall(Duration::from_secs(30))).await;
-    let agent_id = server.create_agent(&agent.url(), "mulaw_8000");
-    let call_id = server.register_call(&agent_id);
-    let t0 = now_ms();
-    let mut leg = Uac::new(server.sip_addr(), &call_id);
-    let offer = leg.sdp(PCMU, "sendrecv");
-    if let Some(early) = leg.invite_until_ringing(Some(&offer)) {
-        panic!("final response before ringing:\n{}", early.raw);
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.connections().iter().all(|c| c.stalled_bytes == 0) {
-        assert!(
-            Instant::now() < deadline,
-            "the gateway never reached the agent; connections:\n{}",
-            agent.describe_all()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let Ringing {
+        server,
+        agent,
+        call_id,
+        mut leg,
+        t0,
+    } = ringing_on_a_stalled_agent().await;
     let (status, body) = server.stop_call(&call_id);
     assert!(
         (200..300).contains(&status),
@@ -758,15 +739,7 @@ async fn stop_call_while_ringing_refuses_the_invite_and_ends_manual_stopped() {
     );
     leg.ack_non_2xx(&fin);
     expect_final(&server, &call_id, "ended", "manual_stopped", t0, false);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !agent.connections().iter().all(|c| c.stalled_peer_closed) {
-        assert!(
-            Instant::now() < deadline,
-            "the stalled agent connection stayed open after stop-call; connections:\n{}",
-            agent.describe_all()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_stalled_agent_released(&agent, "stop-call").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -786,18 +759,8 @@ async fn bye_before_the_ack_ends_user_hangup() {
     // No ACK: hang up at once.
     assert_eq!(leg.bye(), Some(200), "a BYE before the ACK is answered 200");
     expect_final(&server, &call_id, "ended", "user_hangup", t0, true);
-    agent
-        .wait_conn(&call_id, Duration::from_secs(5), "socket closed", |conn| {
-            conn.finished
-        })
-        .await;
-    let conn = agent.connection_for(&call_id);
-    let (names, close) = (conn.event_names(), conn.close_code);
-    assert!(
-        names.iter().any(|n| n == "stop"),
-        "the agent gets `stop`; got {names:?}"
-    );
-    assert_eq!(close, Some(1000), "and a close with 1000");
+    let conn = agent_closed(&agent, &call_id).await;
+    assert_stopped_then_closed(&conn, "the agent gets `stop`");
     assert_media_tasks_freed(&server);
 }
 
@@ -900,18 +863,8 @@ async fn stop_call_before_the_ack_sends_bye_and_ends_manual_stopped() {
     );
     expect_bye(&mut leg, Duration::from_secs(8), "stop-call before the ACK");
     expect_final(&server, &call_id, "ended", "manual_stopped", t0, true);
-    agent
-        .wait_conn(&call_id, Duration::from_secs(5), "socket closed", |conn| {
-            conn.finished
-        })
-        .await;
-    let conn = agent.connection_for(&call_id);
-    let (names, close) = (conn.event_names(), conn.close_code);
-    assert!(
-        names.iter().any(|n| n == "stop"),
-        "the agent gets `stop`; got {names:?}"
-    );
-    assert_eq!(close, Some(1000), "and a close with 1000");
+    let conn = agent_closed(&agent, &call_id).await;
+    assert_stopped_then_closed(&conn, "the agent gets `stop`");
     assert_media_tasks_freed(&server);
 }
 

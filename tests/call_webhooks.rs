@@ -123,12 +123,10 @@ impl Setup {
     }
 }
 
-/// The count of `dialtone_webhook_events_total` for one event and outcome.
-fn metric(metrics: &Metrics, event: &str, outcome: &str) -> u64 {
-    metrics.sum(
-        "dialtone_webhook_events_total",
-        &[("event", event), ("outcome", outcome)],
-    ) as u64
+/// The count of `dialtone_webhook_events_total` for one event and outcome in a metrics page.
+fn metric(text: &str, event: &str, outcome: &str) -> u64 {
+    let labels = [("event", event), ("outcome", outcome)];
+    Metrics::parse(text).sum("dialtone_webhook_events_total", &labels) as u64
 }
 
 /// Asserts the signature is the SDK's format with a fresh timestamp, and that the SDK
@@ -191,19 +189,9 @@ async fn answered_call_sends_call_started_then_call_ended_signed() {
     for hooked in &seen {
         assert_signed(server, hooked, SIGNING_KEY);
     }
-    let metrics = server.metrics();
-    assert_eq!(
-        metric(&metrics, "call_started", "delivered"),
-        1,
-        "{}",
-        metrics.text
-    );
-    assert_eq!(
-        metric(&metrics, "call_ended", "delivered"),
-        1,
-        "{}",
-        metrics.text
-    );
+    let text = server.metrics().text;
+    assert_eq!(metric(&text, "call_started", "delivered"), 1, "{text}");
+    assert_eq!(metric(&text, "call_ended", "delivered"), 1, "{text}");
     assert!(
         !server.log().contains(SIGNING_KEY),
         "the signing key must never be logged"
@@ -229,31 +217,11 @@ async fn failing_webhook_is_retried_and_the_call_goes_on() {
     assert_eq!(seen[0].body, seen[2].body);
     assert_signed(server, &seen[2], API_KEY);
     assert_signed(server, &seen[3], API_KEY);
-    let metrics = server.metrics();
-    assert_eq!(
-        metric(&metrics, "call_started", "retried"),
-        2,
-        "{}",
-        metrics.text
-    );
-    assert_eq!(
-        metric(&metrics, "call_started", "delivered"),
-        1,
-        "{}",
-        metrics.text
-    );
-    assert_eq!(
-        metric(&metrics, "call_ended", "delivered"),
-        1,
-        "{}",
-        metrics.text
-    );
-    assert_eq!(
-        metric(&metrics, "call_started", "failed"),
-        0,
-        "{}",
-        metrics.text
-    );
+    let text = server.metrics().text;
+    assert_eq!(metric(&text, "call_started", "retried"), 2, "{text}");
+    assert_eq!(metric(&text, "call_started", "delivered"), 1, "{text}");
+    assert_eq!(metric(&text, "call_ended", "delivered"), 1, "{text}");
+    assert_eq!(metric(&text, "call_started", "failed"), 0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -237,6 +237,22 @@ impl TestAgent {
         }
     }
 
+    /// Waits until `pred` holds for the connection list; panics saying that `what` did not
+    /// happen after `limit`.
+    pub async fn assert_within(
+        &self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&[Connection]) -> bool,
+    ) {
+        let snap = self.wait_until(limit, &pred).await;
+        assert!(
+            pred(&snap),
+            "agent: {what} did not happen within {limit:?}; connections:\n{}",
+            self.describe_all()
+        );
+    }
+
     /// Waits until `pred` holds for the connection that streams `call_id`; panics naming
     /// `what` after `limit`.
     pub async fn wait_conn(
@@ -246,17 +262,11 @@ impl TestAgent {
         what: &str,
         pred: impl Fn(&Connection) -> bool,
     ) {
-        let snap = self
-            .wait_until(limit, |all| {
-                all.iter().any(|c| c.call_sid() == Some(call_id) && pred(c))
-            })
-            .await;
-        assert!(
-            snap.iter()
-                .any(|c| c.call_sid() == Some(call_id) && pred(c)),
-            "agent: {what} for call {call_id} did not happen within {limit:?}; connections:\n{}",
-            self.describe_all()
-        );
+        let what = format!("{what} for call {call_id}");
+        self.assert_within(limit, &what, |all| {
+            all.iter().any(|c| c.call_sid() == Some(call_id) && pred(c))
+        })
+        .await;
     }
 
     /// The connection that streams `call_id`.

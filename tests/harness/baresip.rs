@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use super::ports::{free_port_block, free_tcp_port};
-use super::{read_text, require_tool, unique};
+use super::{print_log_if_failing, read_text, require_tool, unique};
 
 /// A running baresip; killed on drop.
 pub struct Baresip {
@@ -197,6 +197,33 @@ impl Baresip {
         );
     }
 
+    /// Dials `target` and waits (≤ 10 s) until the call is established.
+    pub async fn dial(&mut self, target: &str) {
+        let resp = self.command("dial", target).await;
+        assert_eq!(resp["ok"], true, "baresip dial {target}: {resp}");
+        let established = self
+            .wait_event("CALL_ESTABLISHED", Duration::from_secs(10))
+            .await;
+        assert!(
+            established.is_some(),
+            "the call to {target} was not established; baresip events: {:?}\n{}",
+            self.events,
+            self.log()
+        );
+    }
+
+    /// Hangs up and waits (≤ 5 s) until baresip sees the call closed.
+    pub async fn hang_up(&mut self) {
+        let resp = self.command("hangup", "").await;
+        assert_eq!(resp["ok"], true, "baresip hangup: {resp}");
+        let closed = self.wait_event("CALL_CLOSED", Duration::from_secs(5)).await;
+        assert!(
+            closed.is_some(),
+            "baresip did not see the call close: {:?}",
+            self.events
+        );
+    }
+
     /// Waits for an event of `kind` (e.g. `CALL_ESTABLISHED`), also checking the ones
     /// already received. Returns `None` after `limit`.
     pub async fn wait_event(&mut self, kind: &str, limit: Duration) -> Option<Value> {
@@ -220,11 +247,6 @@ impl Baresip {
 impl Drop for Baresip {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- baresip log ----\n{}\n---- end of baresip log ----",
-                self.log()
-            );
-        }
+        print_log_if_failing("baresip log", &self.log());
     }
 }

@@ -88,6 +88,17 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Prints the tail of a process's log when the test is failing; for the `Drop` of the
+/// handles of the processes a test starts.
+pub fn print_log_if_failing(what: &str, log: &str) {
+    if std::thread::panicking() {
+        eprintln!(
+            "----- {what} (last 300 lines) -----\n{}\n----- end of {what} -----",
+            tail(log, 300)
+        );
+    }
+}
+
 /// Reads a file a process wrote, as text (empty when it is not there).
 pub fn read_text(path: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()

@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::ports::free_tcp_port;
-use super::{read_text, require_tool, tests_path};
+use super::{print_log_if_failing, read_text, require_tool, tests_path};
 
 /// The Pipecat echo bot, killed on drop; its log is printed when the test fails.
 pub struct PipecatBot {
@@ -109,11 +109,6 @@ impl PipecatBot {
 impl Drop for PipecatBot {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- Pipecat bot log ----\n{}\n---- end of Pipecat bot log ----",
-                self.log()
-            );
-        }
+        print_log_if_failing("Pipecat bot log", &self.log());
     }
 }

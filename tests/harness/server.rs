@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::http::http_request;
 use super::ports::{free_port_block, free_tcp_port, free_udp_tcp_port};
-use super::{read_text, tail, REPO};
+use super::{print_log_if_failing, read_text, tail, REPO};
 
 /// The API key every test server accepts.
 pub const API_KEY: &str = "test-key-0123456789";
@@ -320,12 +320,7 @@ impl Drop for Server {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        if thread::panicking() {
-            eprintln!(
-                "----- dialtone log ({}, last 300 lines) -----\n{}\n----- end of dialtone log -----",
-                self.log_path.display(),
-                tail(&self.log(), 300)
-            );
-        }
+        let what = format!("dialtone log ({})", self.log_path.display());
+        print_log_if_failing(&what, &self.log());
     }
 }

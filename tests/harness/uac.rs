@@ -24,6 +24,23 @@ impl InviteOutcome {
     pub fn final_status(&self) -> Option<u16> {
         self.final_response.as_ref().and_then(SipMsg::status)
     }
+
+    /// The 200 that answered the INVITE; panics with `context` and what came instead.
+    pub fn expect_answered(self, context: &str) -> SipMsg {
+        let ok = self.final_response.unwrap_or_else(|| {
+            panic!(
+                "{context}: no final response to the INVITE (provisional {:?})",
+                self.provisional
+            )
+        });
+        assert_eq!(
+            ok.status(),
+            Some(200),
+            "{context}: the INVITE should be answered; got:\n{}",
+            ok.raw
+        );
+        ok
+    }
 }
 
 /// One caller leg (one dialog) to `sip:{user}@server`.
@@ -168,21 +185,14 @@ impl Uac {
     /// 200.
     pub fn answered_call(&mut self, server: &Server) -> SipMsg {
         let offer = self.sdp(&[0, 101], "sendrecv");
-        let outcome = self.invite(Some(&offer), Duration::from_secs(15));
-        let ok = outcome.final_response.unwrap_or_else(|| {
-            panic!(
-                "no final response to the INVITE within 15 s (provisional {:?})",
-                outcome.provisional
-            )
-        });
-        assert_eq!(
-            ok.status(),
-            Some(200),
-            "the INVITE for {} should be answered; got:\n{}\nserver log at {}",
+        let context = format!(
+            "call {} (server log at {})",
             self.user,
-            ok.raw,
             server.log_path().display()
         );
+        let ok = self
+            .invite(Some(&offer), Duration::from_secs(15))
+            .expect_answered(&context);
         self.ack(1, None);
         ok
     }
