@@ -288,14 +288,8 @@ async fn assert_stalled_agent_released(agent: &TestAgent, why: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_while_agent_stalls_gets_487_and_ends_user_hangup() {
-    let Ringing {
-        server,
-        agent,
-        call_id,
-        mut leg,
-        t0,
-    } = ringing_on_a_stalled_agent().await;
-    let (cancel_status, invite_final) = leg.cancel(Duration::from_secs(8));
+    let mut r = ringing_on_a_stalled_agent().await;
+    let (cancel_status, invite_final) = r.leg.cancel(Duration::from_secs(8));
     assert_eq!(cancel_status, Some(200), "the CANCEL is answered 200");
     let invite_final = invite_final.expect("no final response to the INVITE after CANCEL");
     assert_eq!(
@@ -304,10 +298,10 @@ async fn cancel_while_agent_stalls_gets_487_and_ends_user_hangup() {
         "a cancelled INVITE ends with 487:\n{}",
         invite_final.raw
     );
-    expect_final(&server, &call_id, "ended", "user_hangup", t0, false);
-    assert_stalled_agent_released(&agent, "the CANCEL").await;
+    expect_final(&r.server, &r.call_id, "ended", "user_hangup", r.t0, false);
+    assert_stalled_agent_released(&r.agent, "the CANCEL").await;
     // Nothing more arrives for this call: no 200, no BYE.
-    let late = leg.recv(Duration::from_millis(1500));
+    let late = r.leg.recv(Duration::from_millis(1500));
     if let Some(m) = late {
         assert!(
             m.cseq_method() != Some("INVITE") && m.method() != Some("BYE"),
@@ -709,14 +703,8 @@ async fn agent_connection_dropped_without_close_ends_lost_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_call_while_ringing_refuses_the_invite_and_ends_manual_stopped() {
-    let Ringing {
-        server,
-        agent,
-        call_id,
-        mut leg,
-        t0,
-    } = ringing_on_a_stalled_agent().await;
-    let (status, body) = server.stop_call(&call_id);
+    let mut r = ringing_on_a_stalled_agent().await;
+    let (status, body) = r.server.stop_call(&r.call_id);
     assert!(
         (200..300).contains(&status),
         "stop-call of a ringing call: {status} {body}"
@@ -724,7 +712,8 @@ async fn stop_call_while_ringing_refuses_the_invite_and_ends_manual_stopped() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let fin = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let msg = leg
+        let msg = r
+            .leg
             .recv(left)
             .expect("no final response to the INVITE within 5 s of stop-call");
         if msg.cseq_method() == Some("INVITE") && msg.status().is_some_and(|s| s >= 200) {
@@ -737,9 +726,16 @@ async fn stop_call_while_ringing_refuses_the_invite_and_ends_manual_stopped() {
         "a call stopped while ringing is refused, never answered; got:\n{}",
         fin.raw
     );
-    leg.ack_non_2xx(&fin);
-    expect_final(&server, &call_id, "ended", "manual_stopped", t0, false);
-    assert_stalled_agent_released(&agent, "stop-call").await;
+    r.leg.ack_non_2xx(&fin);
+    expect_final(
+        &r.server,
+        &r.call_id,
+        "ended",
+        "manual_stopped",
+        r.t0,
+        false,
+    );
+    assert_stalled_agent_released(&r.agent, "stop-call").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
