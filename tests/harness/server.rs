@@ -61,13 +61,14 @@ impl ServerBuilder {
         self
     }
 
-    /// Starts the server and waits until `/healthz` answers 200 (at most 20 s). Retries on
-    /// fresh ports when the chosen ones were taken meanwhile by a parallel test.
+    /// Starts the server and waits until it has started (at most 20 s): see
+    /// [`Server::wait_started`]. Retries on fresh ports when the chosen ones were taken
+    /// meanwhile by a parallel test.
     pub fn start(self) -> Server {
         let mut last_log = String::new();
         for _attempt in 0..5 {
             let mut server = self.spawn();
-            match server.wait_healthy(Duration::from_secs(20)) {
+            match server.wait_started(Duration::from_secs(20)) {
                 Ok(()) => return server,
                 Err(log) => {
                     let lower = log.to_lowercase();
@@ -268,21 +269,7 @@ impl Server {
     }
 
     /// Sends a signal by name (`TERM`, `INT`, ...) through `kill`.
-    ///
-    /// The server installs its signal handlers only after it has started serving (it logs
-    /// `dialtone started` then): a signal before that kills it outright. So this waits
-    /// (≤ 10 s) for that line first, which needs the log filter to keep `info`.
     pub fn signal(&self, name: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.log().contains("dialtone started") {
-            assert!(
-                Instant::now() < deadline,
-                "dialtone never logged `dialtone started` (is DIALTONE_TEST_LOG hiding info?); \
-                 its log:\n{}",
-                tail(&self.log(), 50)
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
         let status = Command::new("kill")
             .arg(format!("-{name}"))
             .arg(self.child.id().to_string())
@@ -291,21 +278,27 @@ impl Server {
         assert!(status.success(), "kill -{name} failed");
     }
 
-    /// Polls `GET /healthz` until it answers 200; on failure returns the log.
-    fn wait_healthy(&mut self, limit: Duration) -> Result<(), String> {
+    /// Waits until the server has started; on failure returns its log.
+    ///
+    /// `/healthz` answers 200 as soon as HTTP is served, but start-up goes on after that:
+    /// the built-in echo agent is created, and only then are the signal handlers installed
+    /// (a SIGTERM before that kills the process outright). The server logs
+    /// `dialtone started` when it is done, so this waits for that line as well, which needs
+    /// a log filter (`DIALTONE_TEST_LOG`) that keeps `info` for `dialtone`.
+    fn wait_started(&mut self, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.try_exit() {
                 return Err(format!("(exited with {status})\n{}", self.log()));
             }
             if let Ok(r) = http_request(self.http_addr(), "GET", "/healthz", &[], None) {
-                if r.status == 200 {
+                if r.status == 200 && self.log().contains("dialtone started") {
                     return Ok(());
                 }
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "(no 200 from /healthz within {limit:?})\n{}",
+                    "(no 200 from /healthz and `dialtone started` in the log within {limit:?})\n{}",
                     self.log()
                 ));
             }
