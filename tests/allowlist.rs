@@ -1,13 +1,14 @@
 //! Signalling from outside `[sip] allow` gets no answer at all: UDP is dropped before
 //! parsing, TCP connections are refused or closed at accept. Drops are counted.
 
-mod common;
+mod harness;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use harness::server::Server;
+use harness::sip::{Request, Transport, UdpClient};
 
 #[test]
 fn source_outside_allowlist_gets_nothing_and_is_counted() {
@@ -16,7 +17,7 @@ fn source_outside_allowlist_gets_nothing_and_is_counted() {
         .start();
 
     // UDP from 127.0.0.1: silence.
-    let client = UdpClient::new(server.udp_addr());
+    let client = UdpClient::new(server.sip_addr());
     client.send_request(&Request::options(Transport::Udp, client.local()));
     if let Some(d) = client.recv(Duration::from_millis(1200)) {
         panic!(
@@ -26,7 +27,7 @@ fn source_outside_allowlist_gets_nothing_and_is_counted() {
     }
 
     // TCP from 127.0.0.1: refused, or accepted and closed without a byte.
-    match TcpStream::connect_timeout(&server.tcp_addr(), Duration::from_secs(2)) {
+    match TcpStream::connect_timeout(&server.sip_addr(), Duration::from_secs(2)) {
         Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "connect: {e}"),
         Ok(mut stream) => {
             stream
@@ -78,11 +79,11 @@ fn single_host_entry_admits_only_that_host() {
         .env("DIALTONE__SIP__ALLOW", "127.0.0.2")
         .start();
 
-    let allowed = UdpClient::bind("127.0.0.2:0".parse().unwrap(), server.udp_addr());
+    let allowed = UdpClient::bind("127.0.0.2:0".parse().unwrap(), server.sip_addr());
     let resp = allowed.request(&Request::options(Transport::Udp, allowed.local()));
-    assert_eq!(resp.code, 200, "{}", resp.text());
+    assert_eq!(resp.code(), 200, "{}", resp.text());
 
-    let other = UdpClient::new(server.udp_addr());
+    let other = UdpClient::new(server.sip_addr());
     other.send_request(&Request::options(Transport::Udp, other.local()));
     if let Some(d) = other.recv(Duration::from_millis(1000)) {
         panic!(

@@ -4,52 +4,36 @@
 //! in order; the caller's tone must reach the agent and come back to baresip; the call
 //! ends as `user_hangup` when baresip hangs up.
 
-mod common_call;
+mod harness;
 
 use std::time::Duration;
 
-use common_call::agent::{assert_stream_opening, Mode, TestAgent};
-use common_call::audio::{agent_media_to_pcm, decode_rtp, find_tone, TONE_HZ};
-use common_call::baresip::{write_tone_wav, Baresip};
-use common_call::capture::Capture;
-use common_call::pcap::{telephone_event, Rtp};
-use common_call::Dialtone;
 use dialtone::media::codec::Codec;
+use harness::agent::{assert_stream_opening, Mode, TestAgent};
+use harness::api::assert_ended_by_caller;
+use harness::audio::{agent_media_to_pcm, decode_rtp, find_tone, write_tone_wav, TONE_HZ};
+use harness::baresip::Baresip;
+use harness::capture::Capture;
+use harness::now_ms;
+use harness::pcap::{rtp_only, split_rtp, telephone_event};
+use harness::server::Server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baresip_g722_call_delivers_each_dtmf_digit_exactly_once() {
-    let server = Dialtone::start().await;
+    let server = Server::start();
     let agent = TestAgent::start(Mode::Echo).await;
-    let agent_id = server.create_agent(&agent.url(), "pcm_16000").await;
-    let call_id = server.register_call(&agent_id).await["call_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let agent_id = server.create_agent(&agent.url(), "pcm_16000");
+    let call_id = server.register_call(&agent_id);
 
     // baresip's microphone: 20 s of a 1 kHz tone at 16 kHz.
-    let wav = server.dir.path().join("tone16k.wav");
-    write_tone_wav(&wav, 20);
-    let mut ua = Baresip::start(&server.dir.path().join("baresip"), &["g722"], &wav).await;
-    let capture = Capture::start(
-        server.dir.path(),
-        "baresip-rtp",
-        &format!("udp and portrange {}-{}", ua.rtp_ports.0, ua.rtp_ports.1),
-    )
-    .await;
+    let wav = server.dir().join("tone16k.wav");
+    write_tone_wav(&wav, 16_000, 20);
+    let mut ua = Baresip::start(&server.dir().join("baresip"), &["g722"], &wav).await;
+    let capture = Capture::udp(server.dir(), ua.rtp_ports).await;
 
-    let t0 = common_call::now_ms();
-    let target = format!("sip:{call_id}@127.0.0.1:{}", server.sip.port());
-    let resp = ua.command("dial", &target).await;
-    assert_eq!(resp["ok"], true, "baresip dial: {resp}");
-    let established = ua
-        .wait_event("CALL_ESTABLISHED", Duration::from_secs(10))
-        .await;
-    assert!(
-        established.is_some(),
-        "the call to dialtone was not established; baresip events: {:?}\n{}",
-        ua.events,
-        ua.log()
-    );
+    let t0 = now_ms();
+    let target = format!("sip:{call_id}@{}", server.sip_addr());
+    ua.dial(&target).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     for digit in ["1", "2", "#"] {
         let resp = ua.command("sndcode", digit).await;
@@ -57,22 +41,12 @@ async fn baresip_g722_call_delivers_each_dtmf_digit_exactly_once() {
         tokio::time::sleep(Duration::from_millis(800)).await;
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let resp = ua.command("hangup", "").await;
-    assert_eq!(resp["ok"], true, "hangup: {resp}");
-    let closed = ua.wait_event("CALL_CLOSED", Duration::from_secs(5)).await;
-    assert!(
-        closed.is_some(),
-        "baresip did not see the call close: {:?}",
-        ua.events
-    );
+    ua.hang_up().await;
     let packets = capture.stop().await;
 
     // baresip did send RFC 4733 events (else the test, not dialtone, is at fault).
-    let from_baresip: Vec<Rtp> = packets
-        .iter()
-        .filter(|p| (ua.rtp_ports.0..=ua.rtp_ports.1).contains(&p.src.port()))
-        .filter_map(|p| Rtp::parse(&p.payload))
-        .collect();
+    let (from_baresip, to_baresip) = split_rtp(&packets, ua.rtp_ports);
+    let (from_baresip, to_baresip) = (rtp_only(from_baresip), rtp_only(to_baresip));
     let event_pts: Vec<u8> = from_baresip
         .iter()
         .filter(|r| r.pt >= 96)
@@ -126,12 +100,6 @@ async fn baresip_g722_call_delivers_each_dtmf_digit_exactly_once() {
     );
 
     // The echo came back to baresip as G.722 carrying the tone.
-    let to_baresip: Vec<Rtp> = packets
-        .iter()
-        .filter(|p| (ua.rtp_ports.0..=ua.rtp_ports.1).contains(&p.dst.port()))
-        .filter(|p| !(ua.rtp_ports.0..=ua.rtp_ports.1).contains(&p.src.port()))
-        .filter_map(|p| Rtp::parse(&p.payload))
-        .collect();
     assert!(
         to_baresip
             .iter()
@@ -145,8 +113,6 @@ async fn baresip_g722_call_delivers_each_dtmf_digit_exactly_once() {
         "the tone should come back to baresip through the echo agent: {echoed:?}"
     );
 
-    let call = server
-        .wait_call_final(&call_id, Duration::from_secs(10))
-        .await;
-    common_call::assert_ended_by_caller(&call, t0);
+    let call = server.wait_call_final(&call_id, Duration::from_secs(10));
+    assert_ended_by_caller(&call, t0);
 }

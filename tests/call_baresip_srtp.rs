@@ -11,81 +11,68 @@
 //!   offer is RTP/SAVP, baresip (`srtp-mand`, auto-answer) plays the tone, and the call is
 //!   SRTP both ways until stop-call ends it `manual_stopped`.
 
-mod common_call;
+mod harness;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use common_call::agent::{Mode, TestAgent};
-use common_call::audio::{agent_media_to_pcm, decode_rtp, find_tone, ToneReport, TONE_HZ};
-use common_call::baresip::{write_tone_wav, write_tone_wav_at, Baresip};
-use common_call::capture::Capture;
-use common_call::pcap::{Rtp, UdpPacket};
-use common_call::Dialtone;
 use dialtone::media::codec::Codec;
+use harness::agent::{Mode, TestAgent};
+use harness::api::assert_ended_by_caller;
+use harness::audio::{
+    agent_media_to_pcm, decode_rtp, find_tone, read_wav, write_tone_wav, ToneReport, TONE_HZ,
+};
+use harness::baresip::Baresip;
+use harness::capture::Capture;
+use harness::now_ms;
+use harness::pcap::{split_rtp, Rtp, UdpPacket};
+use harness::server::Server;
+use harness::tls::{Pki, Usage};
+use serde_json::json;
 
-/// A self-signed certificate for 127.0.0.1/localhost: dialtone's TLS identity and, as its
-/// own CA, baresip's trust anchor. Returns (cert, key).
-fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    common_call::require_tool("openssl");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl");
-    assert!(out.status.success(), "openssl: {out:?}");
-    (cert, key)
+/// A self-signed certificate for 127.0.0.1/localhost (`cert.pem`, `cert.key`): dialtone's
+/// TLS identity and, as its own CA, baresip's trust anchor.
+fn certificate() -> Pki {
+    let mut pki = Pki::new();
+    pki.self_signed("cert", &["127.0.0.1", "localhost"]);
+    pki
 }
 
-/// dialtone with SIP over UDP and TLS, and the given `media.srtp`.
-async fn dialtone_with_tls(certs: &Path, srtp: &str) -> (Dialtone, u16) {
-    let (cert, key) = certificate(certs);
-    let tls_port = common_call::free_tcp_port();
-    let server = Dialtone::start_with(&[
-        ("DIALTONE__SIP__TLS", &format!("127.0.0.1:{tls_port}")),
-        ("DIALTONE__TLS__CERT", &cert.display().to_string()),
-        ("DIALTONE__TLS__KEY", &key.display().to_string()),
-        ("DIALTONE__MEDIA__SRTP", srtp),
-    ])
-    .await;
-    (server, tls_port)
+/// dialtone with SIP over UDP and TLS (its certificate from `pki`), and the given
+/// `media.srtp`.
+fn dialtone_with_tls(pki: &Pki, srtp: &str) -> Server {
+    Server::builder()
+        .tls()
+        .env("DIALTONE__TLS__CERT", pki.file("cert.pem"))
+        .env("DIALTONE__TLS__KEY", pki.file("cert.key"))
+        .env("DIALTONE__MEDIA__SRTP", srtp)
+        .start()
 }
 
 /// dialtone with TLS (`media.srtp = "optional"`), an echo agent, a registered call and
 /// baresip with `modules`, `account_params` and `extra_config` (its microphone: the
-/// tone). Returns them with dialtone's TLS port and the call id.
+/// tone). Returns them with the call id.
 async fn call_setup(
-    certs: &Path,
+    pki: &Pki,
     modules: &[&str],
     account_params: &str,
     extra_config: &str,
-) -> (Dialtone, u16, TestAgent, String, Baresip) {
-    let (server, tls_port) = dialtone_with_tls(certs, "optional").await;
+) -> (Server, TestAgent, String, Baresip) {
+    let server = dialtone_with_tls(pki, "optional");
     let agent = TestAgent::start(Mode::Echo).await;
-    let agent_id = server.create_agent(&agent.url(), "pcm_16000").await;
-    let call_id = server.register_call(&agent_id).await["call_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let wav = server.dir.path().join("tone16k.wav");
-    write_tone_wav(&wav, 20);
+    let agent_id = server.create_agent(&agent.url(), "pcm_16000");
+    let call_id = server.register_call(&agent_id);
+    let wav = server.dir().join("tone16k.wav");
+    write_tone_wav(&wav, 16_000, 20);
     let ua = Baresip::start_with(
-        &server.dir.path().join("baresip"),
+        &server.dir().join("baresip"),
         modules,
         &wav,
         account_params,
         extra_config,
     )
     .await;
-    (server, tls_port, agent, call_id, ua)
+    (server, agent, call_id, ua)
 }
 
 /// After a call between baresip (`srtp-mand`, sndfile recording into `dumps`) and the echo
@@ -139,22 +126,6 @@ async fn assert_srtp_both_ways(
     );
 }
 
-/// Reads a 16-bit mono WAV file (baresip's sndfile dumps): samples and rate.
-fn read_wav(path: &Path) -> (Vec<i16>, u32) {
-    let raw = std::fs::read(path).unwrap();
-    let rate = u32::from_le_bytes(raw[24..28].try_into().unwrap());
-    let data = raw
-        .windows(4)
-        .position(|w| w == b"data")
-        .expect("data chunk")
-        + 8;
-    let pcm = raw[data..]
-        .chunks_exact(2)
-        .map(|c| i16::from_le_bytes([c[0], c[1]]))
-        .collect();
-    (pcm, rate)
-}
-
 /// The tone in baresip's sndfile recording of what it received (decrypted, decoded).
 fn baresip_heard(dumps: &Path, log: &str) -> ToneReport {
     let dec = std::fs::read_dir(dumps)
@@ -173,22 +144,10 @@ fn wire_tone(
     from_baresip: bool,
     codec: Codec,
 ) -> (usize, ToneReport) {
-    let rtp: Vec<Rtp> = packets
-        .iter()
-        .filter(|p| {
-            let port = if from_baresip {
-                p.src.port()
-            } else {
-                p.dst.port()
-            };
-            let other = if from_baresip {
-                p.dst.port()
-            } else {
-                p.src.port()
-            };
-            (ports.0..=ports.1).contains(&port) && !(ports.0..=ports.1).contains(&other)
-        })
-        .filter_map(|p| Rtp::parse(&p.payload))
+    let (sent, received) = split_rtp(packets, ports);
+    let rtp: Vec<Rtp> = if from_baresip { sent } else { received }
+        .into_iter()
+        .map(|(_, r)| r)
         .filter(|r| r.pt == codec.payload_type())
         .collect();
     (
@@ -205,33 +164,10 @@ fn wire_tone(
 
 /// Dials dialtone from baresip, talks for 4 s, hangs up; returns what the wire carried.
 async fn call_and_hang_up(ua: &mut Baresip, target: &str, dir: &Path) -> Vec<UdpPacket> {
-    let capture = Capture::start(
-        dir,
-        "baresip-rtp",
-        &format!("udp and portrange {}-{}", ua.rtp_ports.0, ua.rtp_ports.1),
-    )
-    .await;
-    let resp = ua.command("dial", target).await;
-    assert_eq!(resp["ok"], true, "baresip dial: {resp}");
-    let established = ua
-        .wait_event("CALL_ESTABLISHED", Duration::from_secs(10))
-        .await;
-    assert!(
-        established.is_some(),
-        "the call was not established; baresip events: {:?}\n{}",
-        ua.events,
-        ua.log()
-    );
+    let capture = Capture::udp(dir, ua.rtp_ports).await;
+    ua.dial(target).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let resp = ua.command("hangup", "").await;
-    assert_eq!(resp["ok"], true, "hangup: {resp}");
-    assert!(
-        ua.wait_event("CALL_CLOSED", Duration::from_secs(5))
-            .await
-            .is_some(),
-        "baresip did not see the call close: {:?}",
-        ua.events
-    );
+    ua.hang_up().await;
     capture.stop().await
 }
 
@@ -248,41 +184,45 @@ async fn agent_heard(agent: &TestAgent, encoding: &str) -> ToneReport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baresip_srtp_mandatory_over_tls_is_encrypted_both_ways() {
-    let certs = tempfile::tempdir().unwrap();
-    let dumps = certs.path().join("dumps");
-    std::fs::create_dir_all(&dumps).unwrap();
-    let (server, tls_port, agent, call_id, mut ua) = call_setup(
-        certs.path(),
+    let pki = certificate();
+    let dumps = tempfile::tempdir().unwrap();
+    let (server, agent, call_id, mut ua) = call_setup(
+        &pki,
         &["g722", "srtp", "sndfile"],
         ";mediaenc=srtp-mand",
         &format!(
             "sip_cafile {}\nsnd_path {}\n",
-            certs.path().join("cert.pem").display(),
-            dumps.display()
+            pki.file("cert.pem"),
+            dumps.path().display()
         ),
     )
     .await;
 
-    let t0 = common_call::now_ms();
-    let target = format!("sip:{call_id}@127.0.0.1:{tls_port};transport=tls");
-    let packets = call_and_hang_up(&mut ua, &target, server.dir.path()).await;
-    assert_srtp_both_ways(&ua, &agent, "pcm_16000", &packets, Codec::G722, &dumps).await;
+    let t0 = now_ms();
+    let target = format!("sip:{call_id}@{};transport=tls", server.tls_addr());
+    let packets = call_and_hang_up(&mut ua, &target, server.dir()).await;
+    assert_srtp_both_ways(
+        &ua,
+        &agent,
+        "pcm_16000",
+        &packets,
+        Codec::G722,
+        dumps.path(),
+    )
+    .await;
 
-    let call = server
-        .wait_call_final(&call_id, Duration::from_secs(10))
-        .await;
-    common_call::assert_ended_by_caller(&call, t0);
+    let call = server.wait_call_final(&call_id, Duration::from_secs(10));
+    assert_ended_by_caller(&call, t0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_offer_over_tls_still_gets_plain_rtp_when_srtp_is_optional() {
-    let certs = tempfile::tempdir().unwrap();
-    let sip_cafile = format!("sip_cafile {}\n", certs.path().join("cert.pem").display());
-    let (server, tls_port, agent, call_id, mut ua) =
-        call_setup(certs.path(), &["g722"], "", &sip_cafile).await;
-    let t0 = common_call::now_ms();
-    let target = format!("sip:{call_id}@127.0.0.1:{tls_port};transport=tls");
-    let packets = call_and_hang_up(&mut ua, &target, server.dir.path()).await;
+    let pki = certificate();
+    let sip_cafile = format!("sip_cafile {}\n", pki.file("cert.pem"));
+    let (server, agent, call_id, mut ua) = call_setup(&pki, &["g722"], "", &sip_cafile).await;
+    let t0 = now_ms();
+    let target = format!("sip:{call_id}@{};transport=tls", server.tls_addr());
+    let packets = call_and_hang_up(&mut ua, &target, server.dir()).await;
 
     let heard = agent_heard(&agent, "pcm_16000").await;
     assert!(
@@ -294,18 +234,16 @@ async fn a_plain_offer_over_tls_still_gets_plain_rtp_when_srtp_is_optional() {
         clear.tone_seconds() >= 2.0,
         "the echo travels as plain G.722: {clear:?}"
     );
-    let call = server
-        .wait_call_final(&call_id, Duration::from_secs(10))
-        .await;
-    common_call::assert_ended_by_caller(&call, t0);
+    let call = server.wait_call_final(&call_id, Duration::from_secs(10));
+    assert_ended_by_caller(&call, t0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_srtp_offer_over_udp_is_refused_with_488() {
-    let certs = tempfile::tempdir().unwrap();
-    let (server, _, agent, call_id, mut ua) =
-        call_setup(certs.path(), &["g722", "srtp"], ";mediaenc=srtp-mand", "").await;
-    let target = format!("sip:{call_id}@127.0.0.1:{}", server.sip.port());
+    let pki = certificate();
+    let (server, agent, call_id, mut ua) =
+        call_setup(&pki, &["g722", "srtp"], ";mediaenc=srtp-mand", "").await;
+    let target = format!("sip:{call_id}@{}", server.sip_addr());
     let resp = ua.command("dial", &target).await;
     assert_eq!(resp["ok"], true, "baresip dial: {resp}");
     let closed = ua
@@ -322,44 +260,11 @@ async fn an_srtp_offer_over_udp_is_refused_with_488() {
         ua.events
     );
     // The registration was not burnt: the caller may try again over TLS.
-    assert_eq!(server.get_call(&call_id).await["call_status"], "registered");
+    assert_eq!(server.get_call(&call_id)["call_status"], "registered");
     assert!(
         agent.connections().is_empty(),
         "no agent websocket for a refused offer"
     );
-}
-
-/// A throwaway CA and two leaf certificates it signed, for 127.0.0.1 and localhost: one
-/// for dialtone, one for baresip (the trunk). Returns (ca, dialtone cert, dialtone key,
-/// baresip's cert and key in one PEM, as its `sip_certificate` wants).
-fn ca_and_leaves(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "dialtone test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf = |cn: &str| {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let write = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let ca_path = write("ca.pem", &ca.pem());
-    let (cert, key) = leaf("dialtone");
-    let (cert, key) = (write("dialtone.pem", &cert), write("dialtone.key", &key));
-    let (trunk_cert, trunk_key) = leaf("trunk");
-    let trunk = write("trunk.pem", &format!("{trunk_cert}{trunk_key}"));
-    (ca_path, cert, key, trunk)
 }
 
 /// The number the trunk test dials: baresip answers calls for this user only.
@@ -371,78 +276,59 @@ const CALLEE: &str = "+14155550199";
 /// The call is SRTP both ways, PCMU; stop-call ends it `manual_stopped`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_call_to_a_tls_trunk_with_srtp_required_is_encrypted_both_ways() {
-    let certs = tempfile::tempdir().unwrap();
-    let dumps = certs.path().join("dumps");
-    std::fs::create_dir_all(&dumps).unwrap();
-    let (ca, cert, key, trunk_cert) = ca_and_leaves(certs.path());
-    let server = Dialtone::start_with(&[
-        (
-            "DIALTONE__SIP__TLS",
-            &format!("127.0.0.1:{}", common_call::free_tcp_port()),
-        ),
-        ("DIALTONE__TLS__CERT", &cert.display().to_string()),
-        ("DIALTONE__TLS__KEY", &key.display().to_string()),
+    let dumps = tempfile::tempdir().unwrap();
+    // A throwaway CA and two certificates it signed, for 127.0.0.1 and localhost: one for
+    // dialtone, one for baresip (the trunk).
+    let mut pki = Pki::new();
+    pki.ca("ca", "dialtone test CA");
+    for name in ["dialtone", "trunk"] {
+        pki.leaf(name, "ca", name, &["127.0.0.1", "localhost"], Usage::Any);
+    }
+    let server = Server::builder()
+        .tls()
+        .env("DIALTONE__TLS__CERT", pki.file("dialtone.pem"))
+        .env("DIALTONE__TLS__KEY", pki.file("dialtone.key"))
         // The trunk's CA, for dialling it; callers are not asked for certificates.
-        ("DIALTONE__TLS__TRUNK_CA", &ca.display().to_string()),
-        ("DIALTONE__MEDIA__SRTP", "required"),
-    ])
-    .await;
+        .env("DIALTONE__TLS__TRUNK_CA", pki.file("ca.pem"))
+        .env("DIALTONE__MEDIA__SRTP", "required")
+        .start();
     let agent = TestAgent::start(Mode::Echo).await;
-    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000");
 
-    let wav = server.dir.path().join("tone8k.wav");
-    write_tone_wav_at(&wav, 8000, 20);
+    let wav = server.dir().join("tone8k.wav");
+    write_tone_wav(&wav, 8000, 20);
+    // baresip wants its certificate and key in one PEM (`sip_certificate`).
     let mut ua = Baresip::start_account(
-        &server.dir.path().join("baresip"),
+        &server.dir().join("baresip"),
         &["g711", "srtp", "sndfile"],
         &wav,
         &format!("<sip:{CALLEE}@127.0.0.1>;regint=0;answermode=auto;mediaenc=srtp-mand"),
         &format!(
             "sip_certificate {}\nsip_cafile {}\nsnd_path {}\n",
-            trunk_cert.display(),
-            ca.display(),
-            dumps.display()
+            pki.bundle("trunk"),
+            pki.file("ca.pem"),
+            dumps.path().display()
         ),
     )
     .await;
     // baresip listens for TLS on its SIP port + 1.
     let trunk_tls = ua.sip_port + 1;
-    let (status, number) = server
-        .api(
-            "POST",
-            "/import-phone-number",
-            Some(serde_json::json!({
-                "phone_number": "+14155550140",
-                "termination_uri": format!("127.0.0.1:{trunk_tls}"),
-                "transport": "TLS",
-                "outbound_agent_id": agent_id,
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{number}");
+    server.import_number(json!({
+        "phone_number": "+14155550140",
+        "termination_uri": format!("127.0.0.1:{trunk_tls}"),
+        "transport": "TLS",
+        "outbound_agent_id": agent_id,
+    }));
 
-    let capture = Capture::start(
-        server.dir.path(),
-        "trunk-rtp",
-        &format!("udp and portrange {}-{}", ua.rtp_ports.0, ua.rtp_ports.1),
-    )
-    .await;
-    let (status, call) = server
-        .api(
-            "POST",
-            "/v2/create-phone-call",
-            Some(serde_json::json!({"from_number": "+14155550140", "to_number": CALLEE})),
-        )
-        .await;
-    assert_eq!(status, 201, "{call}");
+    let capture = Capture::udp(server.dir(), ua.rtp_ports).await;
+    let call =
+        server.create_phone_call(json!({"from_number": "+14155550140", "to_number": CALLEE}));
     let call_id = call["call_id"].as_str().unwrap().to_string();
-    let call = server
-        .wait_call_status(
-            &call_id,
-            &["ongoing", "ended", "error", "not_connected"],
-            Duration::from_secs(15),
-        )
-        .await;
+    let call = server.wait_call_status(
+        &call_id,
+        &["ongoing", "ended", "error", "not_connected"],
+        Duration::from_secs(15),
+    );
     assert_eq!(
         call["call_status"],
         "ongoing",
@@ -460,9 +346,7 @@ async fn outbound_call_to_a_tls_trunk_with_srtp_required_is_encrypted_both_ways(
         ua.log()
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let (status, body) = server
-        .api("POST", &format!("/v2/stop-call/{call_id}"), None)
-        .await;
+    let (status, body) = server.stop_call(&call_id);
     assert_eq!(status, 204, "stop-call: {body}");
     assert!(
         ua.wait_event("CALL_CLOSED", Duration::from_secs(5))
@@ -472,11 +356,17 @@ async fn outbound_call_to_a_tls_trunk_with_srtp_required_is_encrypted_both_ways(
         ua.events
     );
     let packets = capture.stop().await;
-    let call = server
-        .wait_call_final(&call_id, Duration::from_secs(10))
-        .await;
+    let call = server.wait_call_final(&call_id, Duration::from_secs(10));
     assert_eq!(call["call_status"], "ended", "{call}");
     assert_eq!(call["disconnection_reason"], "manual_stopped", "{call}");
 
-    assert_srtp_both_ways(&ua, &agent, "mulaw_8000", &packets, Codec::Pcmu, &dumps).await;
+    assert_srtp_both_ways(
+        &ua,
+        &agent,
+        "mulaw_8000",
+        &packets,
+        Codec::Pcmu,
+        dumps.path(),
+    )
+    .await;
 }

@@ -2,15 +2,15 @@
 //! PCMU (in that order; dialtone's own default order puts G.722 first), so the answer must
 //! choose PCMA, the returning RTP must be payload type 8, and the tone must come back.
 
-mod common_call;
+mod harness;
 
-use common_call::flow::{run_pcap_call, PcapCall};
 use dialtone::media::codec::Codec;
+use harness::pcap_call::{run_pcap_call, PcapCall};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_callers_first_codec_is_chosen() {
     let result = run_pcap_call(PcapCall {
-        scenario: "uac_pcap_prefer_pcma.xml",
+        scenario: "e2e/sipp/uac_pcap_prefer_pcma.xml",
         codec: Codec::Pcma,
         encoding: "pcm_24000",
         expect_high_tone: false,

@@ -3,15 +3,15 @@
 //! audio stays wideband end to end (AGENT_PROTOCOL.md): both tones must come back, the
 //! 5 kHz one proving nothing was squeezed through 8 kHz on the way.
 
-mod common_call;
+mod harness;
 
-use common_call::flow::{run_pcap_call, PcapCall};
 use dialtone::media::codec::Codec;
+use harness::pcap_call::{run_pcap_call, PcapCall};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g722_call_echoes_both_tones_through_a_wideband_agent() {
     run_pcap_call(PcapCall {
-        scenario: "uac_pcap_g722.xml",
+        scenario: "e2e/sipp/uac_pcap_g722.xml",
         codec: Codec::G722,
         encoding: "pcm_16000",
         expect_high_tone: true,

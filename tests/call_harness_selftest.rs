@@ -4,24 +4,27 @@
 //! SIPp UAS that echoes RTP (`-rtp_echo`), with the tone found in the captured echo. When
 //! a `call_*` test fails, this one tells whether the harness or the server is at fault.
 
-mod common_call;
+mod harness;
 
 use std::time::Duration;
 
-use common_call::agent::{Mode, TestAgent};
-use common_call::audio::{decode_rtp, find_tone, tone_fraction, HIGH_TONE_HZ, TONE_HZ};
-use common_call::baresip::{write_wav, Baresip};
-use common_call::capture::Capture;
-use common_call::flow::split_rtp;
-use common_call::pcap::telephone_event;
-use common_call::pcap::{read_udp, Rtp};
-use common_call::sip::{sdp_audio_payload_types, Uac};
-use common_call::sipp;
 use dialtone::media::codec::Codec;
+use harness::agent::{Mode, TestAgent};
+use harness::audio::{
+    decode_rtp, find_tone, sine, tone_fraction, write_tone_wav, HIGH_TONE_HZ, TONE_HZ,
+};
+use harness::baresip::Baresip;
+use harness::capture::Capture;
+use harness::pcap::{read_udp, rtp_only, split_rtp, telephone_event, Rtp};
+use harness::ports::free_port_block;
+use harness::sip::sdp_audio_payload_types;
+use harness::sipp::{RunningSipp, Sipp};
+use harness::tests_path;
+use harness::uac::Uac;
 use serde_json::json;
 
 fn pcap_rtp(name: &str) -> (Vec<f64>, Vec<Rtp>) {
-    let path = common_call::e2e_dir().join("pcap").join(name);
+    let path = tests_path("e2e/pcap").join(name);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let udp = read_udp(&bytes).unwrap();
     let times = udp.iter().map(|p| p.time).collect();
@@ -34,11 +37,7 @@ fn pcap_rtp(name: &str) -> (Vec<f64>, Vec<Rtp>) {
 
 #[test]
 fn goertzel_finds_the_tone_and_only_the_tone() {
-    let sine = |hz: f64| -> Vec<i16> {
-        (0..160)
-            .map(|i| (8000.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / 8000.0).sin()) as i16)
-            .collect()
-    };
+    let sine = |hz: f64| sine(8000, hz, 160);
     assert!(tone_fraction(&sine(1000.0), 8000, 1000.0) > 0.99);
     assert!(tone_fraction(&sine(1000.0), 8000, 1500.0) < 0.01);
     assert!(tone_fraction(&sine(700.0), 8000, 1000.0) < 0.05);
@@ -94,64 +93,39 @@ fn pcaps_parse_back_and_carry_the_tone() {
     }
 }
 
-/// SIPp UAC scenario against a SIPp UAS echoing RTP: the call completes and the tone
-/// comes back in the capture.
 /// A SIPp UAS answering one call with payload type `pt` and echoing RTP.
-fn start_echo_uas(pt: u8) -> (tokio::process::Child, u16) {
-    common_call::require_tool("sipp");
-    let uas_port = common_call::free_udp_port();
-    let uas_media = common_call::free_port_block(4);
-    let uas = tokio::process::Command::new("sipp")
-        .arg("-sf")
-        .arg(sipp::scenario("uas_echo.xml"))
-        .args(["-i", "127.0.0.1", "-p", &uas_port.to_string()])
-        .args([
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &uas_media.to_string(),
-            "-rtp_echo",
-        ])
-        .args(["-key", "pt", &pt.to_string()])
-        .args(["-m", "1", "-nostdin", "-timeout", "40s", "-timeout_error"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start sipp uas");
-    (uas, uas_port)
+fn start_echo_uas(pt: u8) -> RunningSipp {
+    Sipp::uas("e2e/sipp/uas_echo.xml")
+        .args(&["-rtp_echo", "-key", "pt", &pt.to_string()])
+        .timeout(Duration::from_secs(40))
+        .start()
 }
 
+/// The SIPp UAS ended after its one call, which succeeded.
+fn assert_uas_succeeded(uas: RunningSipp) {
+    let run = uas.wait();
+    assert!(
+        run.ok(),
+        "the SIPp UAS saw a failed call: {}",
+        run.describe()
+    );
+}
+
+/// SIPp UAC scenario against a SIPp UAS echoing RTP: the call completes and the tone
+/// comes back in the capture.
 async fn scenario_against_echo_uas(scenario: &str, pt: u8, kind: Codec) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut uas, uas_port) = start_echo_uas(pt);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let uas = start_echo_uas(pt);
 
-    let media_port = common_call::free_port_block(4);
-    let capture = Capture::start(
-        dir.path(),
-        "selftest",
-        &format!("udp and port {media_port}"),
-    )
-    .await;
-    let run = sipp::run_uac(sipp::Uac {
-        scenario,
-        target: ([127, 0, 0, 1], uas_port).into(),
-        service: "selftest",
-        dir: dir.path(),
-        media_port,
-        timeout: Duration::from_secs(30),
-        extra: vec![],
-    })
-    .await;
+    let media_port = free_port_block(4);
+    let capture = Capture::udp(dir.path(), (media_port, media_port)).await;
+    let run = Sipp::uac(scenario, ([127, 0, 0, 1], uas.sip_port).into())
+        .service("selftest")
+        .media_port(media_port)
+        .run();
     let packets = capture.stop().await;
     assert!(run.ok(), "{scenario}:\n{}", run.describe());
-    let uas_status = tokio::time::timeout(Duration::from_secs(10), uas.wait())
-        .await
-        .expect("the UAS ends after its one call")
-        .unwrap();
-    assert!(uas_status.success(), "the SIPp UAS saw a failed call");
+    assert_uas_succeeded(uas);
     assert_eq!(
         run.received_status_codes(),
         vec![180, 200, 200],
@@ -159,13 +133,13 @@ async fn scenario_against_echo_uas(scenario: &str, pt: u8, kind: Codec) {
         run.describe()
     );
 
-    let (sent, back) = split_rtp(&packets, media_port);
+    let (sent, back) = split_rtp(&packets, (media_port, media_port));
     assert!(
         sent.len() >= 245,
         "{scenario}: SIPp played {} packets",
         sent.len()
     );
-    let back: Vec<Rtp> = back.into_iter().map(|(_, r)| r).collect();
+    let back = rtp_only(back);
     assert!(
         back.len() >= 245,
         "{scenario}: echo returned {} packets",
@@ -178,88 +152,58 @@ async fn scenario_against_echo_uas(scenario: &str, pt: u8, kind: Codec) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pcmu_scenario_runs_against_an_echoing_sipp() {
-    scenario_against_echo_uas("uac_pcap_pcmu.xml", 0, Codec::Pcmu).await;
+    scenario_against_echo_uas("e2e/sipp/uac_pcap_pcmu.xml", 0, Codec::Pcmu).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pcma_scenario_runs_against_an_echoing_sipp() {
-    scenario_against_echo_uas("uac_pcap_pcma.xml", 8, Codec::Pcma).await;
+    scenario_against_echo_uas("e2e/sipp/uac_pcap_pcma.xml", 8, Codec::Pcma).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g722_scenario_runs_against_an_echoing_sipp() {
-    scenario_against_echo_uas("uac_pcap_g722.xml", 9, Codec::G722).await;
+    scenario_against_echo_uas("e2e/sipp/uac_pcap_g722.xml", 9, Codec::G722).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preference_scenario_runs_against_an_echoing_sipp() {
-    scenario_against_echo_uas("uac_pcap_prefer_pcma.xml", 8, Codec::Pcma).await;
+    scenario_against_echo_uas("e2e/sipp/uac_pcap_prefer_pcma.xml", 8, Codec::Pcma).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_uac_completes_a_call_against_sipp() {
-    let (mut uas, uas_port) = start_echo_uas(0);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut uac = Uac::new(([127, 0, 0, 1], uas_port).into()).await;
-    let sent = uac.send_invite("selftest", &[0, 8]).await;
-    let outcome = uac.await_final(sent, Duration::from_secs(10)).await;
+    let uas = start_echo_uas(0);
+    let mut uac = Uac::new(([127, 0, 0, 1], uas.sip_port).into(), "selftest");
+    let offer = uac.sdp(&[0, 8, 101], "sendrecv");
+    let outcome = uac.invite(Some(&offer), Duration::from_secs(10));
     assert_eq!(outcome.provisional, vec![180]);
     assert_eq!(outcome.final_status(), Some(200));
     let ok = outcome.final_response.unwrap();
     assert_eq!(sdp_audio_payload_types(&ok.body), vec![0, 101]);
-    uac.ack(&ok).await;
-    uac.send_silence(ok.sdp_media_addr().unwrap(), 10).await;
-    assert_eq!(uac.bye(&ok, Duration::from_secs(5)).await, Some(200));
-    let status = tokio::time::timeout(Duration::from_secs(10), uas.wait())
-        .await
-        .expect("the UAS ends after its one call")
-        .unwrap();
-    assert!(status.success(), "the SIPp UAS saw a failed call");
+    uac.ack(1, None);
+    uac.send_rtp(ok.sdp_media_addr().unwrap(), 0, 10);
+    assert_eq!(uac.bye(), Some(200));
+    assert_uas_succeeded(uas);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baresip_dials_g722_and_sends_rfc4733_digits() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut uas, uas_port) = start_echo_uas(9);
+    let uas = start_echo_uas(9);
     let wav = dir.path().join("tone.wav");
-    let tone: Vec<i16> = (0..16_000 * 10)
-        .map(|i| (8000.0 * (2.0 * std::f64::consts::PI * 1000.0 * i as f64 / 16000.0).sin()) as i16)
-        .collect();
-    write_wav(&wav, 16_000, &tone);
+    write_tone_wav(&wav, 16_000, 10);
     let mut ua = Baresip::start(&dir.path().join("baresip"), &["g722"], &wav).await;
-    let capture = Capture::start(
-        dir.path(),
-        "baresip",
-        &format!("udp and portrange {}-{}", ua.rtp_ports.0, ua.rtp_ports.1),
-    )
-    .await;
-    let resp = ua
-        .command("dial", &format!("sip:selftest@127.0.0.1:{uas_port}"))
+    let capture = Capture::udp(dir.path(), ua.rtp_ports).await;
+    ua.dial(&format!("sip:selftest@127.0.0.1:{}", uas.sip_port))
         .await;
-    assert_eq!(resp["ok"], true, "{resp}");
-    assert!(
-        ua.wait_event("CALL_ESTABLISHED", Duration::from_secs(10))
-            .await
-            .is_some(),
-        "{:?}",
-        ua.events
-    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     for d in ["1", "2", "#"] {
         assert_eq!(ua.command("sndcode", d).await["ok"], true);
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
-    ua.command("hangup", "").await;
-    assert!(ua
-        .wait_event("CALL_CLOSED", Duration::from_secs(5))
-        .await
-        .is_some());
+    ua.hang_up().await;
     let packets = capture.stop().await;
-    let sent: Vec<Rtp> = packets
-        .iter()
-        .filter(|p| (ua.rtp_ports.0..=ua.rtp_ports.1).contains(&p.src.port()))
-        .filter_map(|p| Rtp::parse(&p.payload))
-        .collect();
+    let sent = rtp_only(split_rtp(&packets, ua.rtp_ports).0);
     assert!(
         sent.iter().filter(|r| r.pt == 9).count() > 50,
         "G.722 audio sent"
@@ -273,11 +217,7 @@ async fn baresip_dials_g722_and_sends_rfc4733_digits() {
     presses.dedup();
     let digits: Vec<u8> = presses.iter().map(|p| p.0).collect();
     assert_eq!(digits, vec![1, 2, 11], "RFC 4733 events for 1, 2, #");
-    let status = tokio::time::timeout(Duration::from_secs(10), uas.wait())
-        .await
-        .expect("the UAS ends after its one call")
-        .unwrap();
-    assert!(status.success(), "the SIPp UAS saw a failed call");
+    assert_uas_succeeded(uas);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

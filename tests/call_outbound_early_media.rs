@@ -12,15 +12,18 @@
 //!
 //! Both calls end `ended`/`user_hangup`, direction `outbound`.
 
-mod common_call;
+mod harness;
 
 use std::time::Duration;
 
-use common_call::agent::{Connection, Mode, TestAgent};
-use common_call::capture::Capture;
-use common_call::flow::split_rtp;
-use common_call::{audio, sipp, Dialtone};
 use dialtone::media::codec::Codec;
+use harness::agent::{media_payloads, Connection, Mode, TestAgent};
+use harness::audio;
+use harness::capture::Capture;
+use harness::pcap::{rtp_only, split_rtp};
+use harness::ports::free_port_block;
+use harness::server::Server;
+use harness::sipp::Sipp;
 use serde_json::{json, Value};
 
 const RINGBACK_HZ: f64 = 440.0;
@@ -46,65 +49,37 @@ struct Outcome {
 /// Runs one outbound call to the early-media trunk; `forward` sets the agent's
 /// `forward_early_media`, `sdp_in_200` whether the 200 repeats the SDP.
 async fn outbound_call(forward: bool, sdp_in_200: bool) -> Outcome {
-    let server = Dialtone::start().await;
+    let server = Server::start();
     let agent = TestAgent::start(Mode::Echo).await;
-    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000");
     if forward {
-        let (status, body) = server
-            .api(
-                "PATCH",
-                &format!("/update-agent/{agent_id}"),
-                Some(json!({"forward_early_media": true})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        let body = server.update_agent(&agent_id, json!({"forward_early_media": true}));
         assert_eq!(body["forward_early_media"], true, "{body}");
     }
 
-    let media_port = common_call::free_port_block(4);
-    let capture = Capture::start(
-        server.dir.path(),
-        "rtp",
-        &format!("udp and port {media_port}"),
-    )
-    .await;
+    let media_port = free_port_block(4);
+    let capture = Capture::udp(server.dir(), (media_port, media_port)).await;
     let (answer_type, answer) = if sdp_in_200 {
         ("Content-Type: application/sdp\n", ANSWER_SDP)
     } else {
         ("", "")
     };
-    let trunk = sipp::start_uas(sipp::Uas {
-        scenario: "uas_trunk_early_media.xml",
-        keys: &[("answer_type", answer_type), ("answer", answer)],
-        dir: server.dir.path(),
-        media_port,
-        timeout: Duration::from_secs(30),
-    })
-    .await;
-    let (status, number) = server
-        .api(
-            "POST",
-            "/import-phone-number",
-            Some(json!({
-                "phone_number": "+14155550130",
-                "termination_uri": format!("127.0.0.1:{}", trunk.sip_port),
-                "transport": "UDP",
-                "outbound_agent_id": agent_id,
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{number}");
-    let (status, call) = server
-        .api(
-            "POST",
-            "/v2/create-phone-call",
-            Some(json!({"from_number": "+14155550130", "to_number": "+14155550199"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{call}");
+    let trunk = Sipp::uas("e2e/sipp/uas_trunk_early_media.xml")
+        .replace("answer_type", answer_type)
+        .replace("answer", answer)
+        .media_port(media_port)
+        .start();
+    server.import_number(json!({
+        "phone_number": "+14155550130",
+        "termination_uri": format!("127.0.0.1:{}", trunk.sip_port),
+        "transport": "UDP",
+        "outbound_agent_id": agent_id,
+    }));
+    let call = server
+        .create_phone_call(json!({"from_number": "+14155550130", "to_number": "+14155550199"}));
     let call_id = call["call_id"].as_str().unwrap().to_string();
 
-    let run = trunk.wait().await;
+    let run = trunk.wait();
     let packets = capture.stop().await;
     assert!(
         run.ok(),
@@ -112,25 +87,22 @@ async fn outbound_call(forward: bool, sdp_in_200: bool) -> Outcome {
         run.describe(),
         server.log()
     );
-    let call = server
-        .wait_call_final(&call_id, Duration::from_secs(10))
-        .await;
+    let call = server.wait_call_final(&call_id, Duration::from_secs(10));
     let conns = agent
         .wait_until(Duration::from_secs(5), |c| c.iter().all(|c| c.finished))
         .await;
     assert_eq!(conns.len(), 1, "one agent websocket: {conns:?}");
 
-    let (sent, returned) = split_rtp(&packets, media_port);
+    let (sent, returned) = split_rtp(&packets, (media_port, media_port));
     assert!(
         sent.len() >= 340,
         "harness: the trunk sent only {} RTP packets (expected 100 early + 250)",
         sent.len()
     );
-    let rtp: Vec<_> = returned.into_iter().map(|(_, r)| r).collect();
     Outcome {
         call,
         agent: conns[0].clone(),
-        returned: audio::decode_rtp(Codec::Pcmu, &rtp),
+        returned: audio::decode_rtp(Codec::Pcmu, &rtp_only(returned)),
     }
 }
 
@@ -146,20 +118,7 @@ fn agent_audio(conn: &Connection) -> (Vec<i16>, Vec<i16>) {
         .iter()
         .position(|r| r.msg["event"] == "answered")
         .unwrap_or(conn.events.len());
-    let pcm = |events: &[common_call::agent::Received]| {
-        let payloads: Vec<Vec<u8>> = events
-            .iter()
-            .filter(|r| r.msg["event"] == "media")
-            .map(|r| {
-                use base64::Engine as _;
-                let b64 = r.msg["media"]["payload"].as_str().unwrap_or("");
-                base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .unwrap()
-            })
-            .collect();
-        audio::agent_media_to_pcm("mulaw_8000", &payloads).0
-    };
+    let pcm = |events| audio::agent_media_to_pcm("mulaw_8000", &media_payloads(events)).0;
     (pcm(&conn.events[..at]), pcm(&conn.events[at..]))
 }
 

@@ -4,15 +4,15 @@
 //! the RTP to the caller, the agent must see a proper stream, and the call must end as
 //! `ended` / `user_hangup`.
 
-mod common_call;
+mod harness;
 
-use common_call::flow::{run_pcap_call, PcapCall};
 use dialtone::media::codec::Codec;
+use harness::pcap_call::{run_pcap_call, PcapCall};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pcmu_call_echoes_the_tone_and_ends_as_user_hangup() {
     run_pcap_call(PcapCall {
-        scenario: "uac_pcap_pcmu.xml",
+        scenario: "e2e/sipp/uac_pcap_pcmu.xml",
         codec: Codec::Pcmu,
         encoding: "mulaw_8000",
         expect_high_tone: false,

@@ -8,20 +8,19 @@
 //! Needs `pipecat-ai` for python3 (`tests/pipecat/requirements.txt`; scripts/test.sh
 //! installs it). Fails, never skips, when it is missing.
 
-mod common_call;
+mod harness;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common_call::audio;
-use common_call::flow::{check_rtp_stream, dial_pcap, split_rtp, PcapDial};
-use common_call::pcap::Rtp;
-use common_call::sip::Uac;
-use common_call::{Dialtone, REPO};
 use dialtone::media::codec::Codec;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use harness::api::assert_ended_by_caller;
+use harness::audio;
+use harness::now_ms;
+use harness::pcap::{split_rtp, Rtp};
+use harness::pcap_call::{check_rtp_stream, dial_pcap, PcapDial};
+use harness::pipecat::PipecatBot;
+use harness::server::Server;
+use harness::uac::Uac;
 
 /// Seconds of the 5 s tone that must come back. Measured with pipecat-ai 1.14.0: all
 /// 5.00 s, also with both cores kept busy (where the longest unbroken run fell to 3.4 s:
@@ -35,113 +34,6 @@ const MIN_TONE_SECONDS: f64 = 4.0;
 /// audio into 40 ms pieces paced by its own clock and adds little. 1 s is far above
 /// that yet still catches audio that queues up somewhere.
 const MAX_ECHO_DELAY_SECONDS: f64 = 1.0;
-
-/// The Pipecat echo bot, killed on drop; its log is printed when the test fails.
-struct PipecatBot {
-    child: Child,
-    port: u16,
-    log_path: PathBuf,
-}
-
-impl PipecatBot {
-    /// Starts `echo_bot.py` with extra `args` (`["goodbye"]`) and waits for its ready line.
-    async fn start(dir: &std::path::Path, args: &[&str]) -> PipecatBot {
-        common_call::require_tool("python3");
-        let probe = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import importlib.metadata as m; import pipecat, fastapi, uvicorn; \
-                 print(m.version('pipecat-ai'))",
-            ])
-            .output()
-            .expect("run python3");
-        assert!(
-            probe.status.success(),
-            "pipecat-ai is not installed for python3; install tests/pipecat/requirements.txt \
-             (`python3 -m pip install -r tests/pipecat/requirements.txt`; scripts/test.sh does \
-             it):\n{}",
-            String::from_utf8_lossy(&probe.stderr)
-        );
-        eprintln!(
-            "pipecat-ai {}",
-            String::from_utf8_lossy(&probe.stdout).trim()
-        );
-
-        let port = common_call::free_tcp_port();
-        let log_path = dir.join("pipecat.log");
-        let log = std::fs::File::create(&log_path).expect("pipecat log");
-        let mut child = Command::new("python3")
-            .arg(PathBuf::from(REPO).join("tests/pipecat/echo_bot.py"))
-            .arg(port.to_string())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the Pipecat bot");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        // Importing Pipecat takes a few seconds (numba, onnxruntime); more on a busy machine.
-        let ready = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("echo_bot ready") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        let bot = PipecatBot {
-            child,
-            port,
-            log_path,
-        };
-        assert!(
-            matches!(ready, Ok(true)),
-            "the Pipecat bot did not print its ready line within 60 s; its log:\n{}",
-            bot.log()
-        );
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        bot
-    }
-
-    fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// The bot's pipeline ended (within 10 s) and it logged no error.
-    async fn assert_finished_cleanly(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.log().contains("pipeline finished") && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let log = self.log();
-        assert!(
-            log.contains("pipeline finished"),
-            "the Pipecat pipeline should finish once the socket closes; its log:\n{log}"
-        );
-        assert!(
-            !log.contains("| ERROR") && !log.contains("Traceback"),
-            "the Pipecat bot logged an error; its log:\n{log}"
-        );
-    }
-}
-
-impl Drop for PipecatBot {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- Pipecat bot log ----\n{}\n---- end of Pipecat bot log ----",
-                self.log()
-            );
-        }
-    }
-}
 
 /// Seconds from the first packet SIPp sent to the first returned packet with the tone.
 fn echo_delay(sent_first: f64, returned: &[(f64, Rtp)]) -> Option<f64> {
@@ -157,25 +49,24 @@ fn echo_delay(sent_first: f64, returned: &[(f64, Rtp)]) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipecat_twilio_bot_echoes_the_tone_unchanged() {
-    let server = Dialtone::start().await;
-    let bot = PipecatBot::start(server.dir.path(), &[]).await;
-    let agent_id = server.create_agent(&bot.url(), "mulaw_8000").await;
-    let registered = server.register_call(&agent_id).await;
-    let call_id = registered["call_id"].as_str().unwrap().to_string();
+    let server = Server::start();
+    let bot = PipecatBot::start(server.dir(), &[]).await;
+    let agent_id = server.create_agent(&bot.url(), "mulaw_8000");
+    let call_id = server.register_call(&agent_id);
 
     let PcapDial {
         packets,
         media_port,
         t0,
         ..
-    } = dial_pcap(&server, &call_id, "uac_pcap_pcmu.xml").await;
+    } = dial_pcap(&server, &call_id, "e2e/sipp/uac_pcap_pcmu.xml").await;
 
     let first_sent = packets
         .iter()
         .find(|p| p.src.port() == media_port && Rtp::parse(&p.payload).is_some())
         .map(|p| p.time)
         .expect("harness: SIPp sent no RTP; is pcap_play working (root)?");
-    let (sent, returned) = split_rtp(&packets, media_port);
+    let (sent, returned) = split_rtp(&packets, (media_port, media_port));
     assert!(
         sent.len() >= 240,
         "harness: SIPp sent only {} RTP packets (expected 250)",
@@ -207,10 +98,8 @@ async fn pipecat_twilio_bot_echoes_the_tone_unchanged() {
         "the tone came back {delay:.2} s after it was sent (bound {MAX_ECHO_DELAY_SECONDS} s)"
     );
 
-    let call = server
-        .wait_call_final(&call_id, Duration::from_secs(10))
-        .await;
-    common_call::assert_ended_by_caller(&call, t0);
+    let call = server.wait_call_final(&call_id, Duration::from_secs(10));
+    assert_ended_by_caller(&call, t0);
 
     // The bot saw a Twilio stream carrying this call, and ended when the socket closed.
     let bot_log = bot.log();
@@ -233,46 +122,30 @@ async fn pipecat_twilio_bot_echoes_the_tone_unchanged() {
 /// (1 s), and within 6 s (1 s + 2 s + slack for a slow machine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipecat_bot_ending_its_pipeline_hangs_up_after_its_goodbye() {
-    let server = Dialtone::start().await;
-    let bot = PipecatBot::start(server.dir.path(), &["goodbye"]).await;
-    let agent_id = server.create_agent(&bot.url(), "mulaw_8000").await;
-    let registered = server.register_call(&agent_id).await;
-    let call_id = registered["call_id"].as_str().unwrap().to_string();
+    let server = Server::start();
+    let bot = PipecatBot::start(server.dir(), &["goodbye"]).await;
+    let agent_id = server.create_agent(&bot.url(), "mulaw_8000");
+    let call_id = server.register_call(&agent_id);
 
-    let t0 = common_call::now_ms();
-    let mut uac = Uac::new(server.sip).await;
-    let sent = uac.send_invite(&call_id, &[0]).await;
-    let outcome = uac.await_final(sent, Duration::from_secs(20)).await;
-    let ok = outcome.final_response.unwrap_or_else(|| {
-        panic!(
-            "no final response to the INVITE (provisional {:?})",
-            outcome.provisional
-        )
-    });
-    assert_eq!(
-        ok.status(),
-        Some(200),
-        "the call should be answered:\n{}",
-        ok.raw
-    );
-    uac.ack(&ok).await;
+    let t0 = now_ms();
+    let mut uac = Uac::new(server.sip_addr(), &call_id);
+    let offer = uac.sdp(&[0, 101], "sendrecv");
+    let ok = uac
+        .invite(Some(&offer), Duration::from_secs(20))
+        .expect_answered("the Pipecat call");
+    uac.ack(1, None);
     let media = ok.sdp_media_addr().expect("SDP in the 200");
     let answered = Instant::now();
 
     // Send caller silence every 20 ms and keep the RTP that comes back, until the BYE.
     let mut back = Vec::new();
-    let mut silence = vec![0xFFu8; 12 + 160];
-    silence[0] = 0x80;
     let mut bye = None;
-    let mut buf = [0u8; 2048];
     for seq in 0u16..750 {
-        while let Ok((n, _)) = uac.rtp.try_recv_from(&mut buf) {
-            back.extend(Rtp::parse(&buf[..n]));
+        while let Some((_, rtp)) = uac.recv_rtp(Duration::ZERO) {
+            back.push(rtp);
         }
-        silence[2..4].copy_from_slice(&seq.to_be_bytes());
-        silence[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-        let _ = uac.rtp.send_to(&silence, media).await;
-        if let Some(msg) = uac.recv(Duration::from_millis(20)).await {
+        uac.send_rtp(media, seq, 1);
+        if let Some(msg) = uac.recv(Duration::from_millis(20)) {
             if msg.method() == Some("BYE") {
                 bye = Some(answered.elapsed());
                 break;
@@ -301,9 +174,7 @@ async fn pipecat_bot_ending_its_pipeline_hangs_up_after_its_goodbye() {
         "the caller should hear the bot's 1 s goodbye before the BYE; found {tone:?}"
     );
 
-    let call = server
-        .wait_call_final(&call_id, Duration::from_secs(10))
-        .await;
+    let call = server.wait_call_final(&call_id, Duration::from_secs(10));
     assert_eq!(
         (
             call["call_status"].as_str(),

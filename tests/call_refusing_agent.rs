@@ -3,23 +3,21 @@
 //! `error` / `error_llm_websocket_open`. Two ways to refuse: the agent answers the
 //! upgrade with 403, or nobody listens at the agent's address.
 
-mod common_call;
+mod harness;
 
 use std::time::Duration;
 
-use common_call::agent::{Mode, TestAgent};
-use common_call::sip::Uac;
-use common_call::Dialtone;
+use harness::agent::{Mode, TestAgent};
+use harness::ports::free_tcp_port;
+use harness::server::Server;
+use harness::uac::Uac;
 
-async fn invite_fails_and_call_errors(server: &Dialtone, agent_url: &str) {
-    let agent_id = server.create_agent(agent_url, "mulaw_8000").await;
-    let call_id = server.register_call(&agent_id).await["call_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut uac = Uac::new(server.sip).await;
-    let sent = uac.send_invite(&call_id, &[0, 8]).await;
-    let outcome = uac.await_final(sent, Duration::from_secs(20)).await;
+fn invite_fails_and_call_errors(server: &Server, agent_url: &str) {
+    let agent_id = server.create_agent(agent_url, "mulaw_8000");
+    let call_id = server.register_call(&agent_id);
+    let mut uac = Uac::new(server.sip_addr(), &call_id);
+    let offer = uac.sdp(&[0, 8, 101], "sendrecv");
+    let outcome = uac.invite(Some(&offer), Duration::from_secs(20));
     let status = outcome
         .final_status()
         .unwrap_or_else(|| panic!("no final response to the INVITE within 20 s: {outcome:?}"));
@@ -28,9 +26,7 @@ async fn invite_fails_and_call_errors(server: &Dialtone, agent_url: &str) {
         "the INVITE must fail with a 4xx/5xx/6xx when the agent refuses; got {status}: {:?}",
         outcome.final_response.map(|r| r.raw)
     );
-    let call = server
-        .wait_call_final(&call_id, Duration::from_secs(10))
-        .await;
+    let call = server.wait_call_final(&call_id, Duration::from_secs(10));
     assert_eq!(call["call_status"], "error", "{call}");
     assert_eq!(
         call["disconnection_reason"], "error_llm_websocket_open",
@@ -44,9 +40,9 @@ async fn invite_fails_and_call_errors(server: &Dialtone, agent_url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_answering_403_fails_the_invite() {
-    let server = Dialtone::start().await;
+    let server = Server::start();
     let agent = TestAgent::start(Mode::Refuse(403)).await;
-    invite_fails_and_call_errors(&server, &agent.url()).await;
+    invite_fails_and_call_errors(&server, &agent.url());
     let conns = agent.connections();
     assert!(
         !conns.is_empty() && conns.iter().all(|c| c.refused),
@@ -65,8 +61,8 @@ async fn agent_answering_403_fails_the_invite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_nobody_listens_fails_the_invite() {
-    let server = Dialtone::start().await;
+    let server = Server::start();
     // A port that was free a moment ago and that nothing listens on.
-    let port = common_call::free_tcp_port();
-    invite_fails_and_call_errors(&server, &format!("ws://127.0.0.1:{port}/ws")).await;
+    let port = free_tcp_port();
+    invite_fails_and_call_errors(&server, &format!("ws://127.0.0.1:{port}/ws"));
 }

@@ -2,35 +2,29 @@
 //! registration window (here 1.5 s) closes, and dialling it afterwards is rejected. A call
 //! dialled in time is not cut by that timer.
 
-mod common_call;
+mod harness;
 
 use std::time::Duration;
 
-use common_call::agent::{Mode, TestAgent};
-use common_call::sip::Uac;
-use common_call::Dialtone;
+use harness::agent::{Mode, TestAgent};
+use harness::now_ms;
+use harness::server::Server;
+use harness::uac::Uac;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undialled_call_times_out_and_cannot_be_dialled_later() {
-    let server =
-        Dialtone::start_with(&[("DIALTONE__CALLS__REGISTERED_CALL_TIMEOUT_MS", "1500")]).await;
+    let server = Server::start_with(&[("DIALTONE__CALLS__REGISTERED_CALL_TIMEOUT_MS", "1500")]);
     let agent = TestAgent::start(Mode::Echo).await;
-    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000");
 
-    let registered_at_ms = common_call::now_ms();
-    let idle = server.register_call(&agent_id).await["call_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let dialled = server.register_call(&agent_id).await["call_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let registered_at_ms = now_ms();
+    let idle = server.register_call(&agent_id);
+    let dialled = server.register_call(&agent_id);
 
     // Dial the second one at once and hold it well past the window.
-    let mut uac = Uac::new(server.sip).await;
-    let sent = uac.send_invite(&dialled, &[0]).await;
-    let outcome = uac.await_final(sent, Duration::from_secs(10)).await;
+    let mut uac = Uac::new(server.sip_addr(), &dialled);
+    let offer = uac.sdp(&[0, 101], "sendrecv");
+    let outcome = uac.invite(Some(&offer), Duration::from_secs(10));
     assert_eq!(
         outcome.final_status(),
         Some(200),
@@ -38,12 +32,12 @@ async fn undialled_call_times_out_and_cannot_be_dialled_later() {
         outcome.final_response.as_ref().map(|r| &r.raw)
     );
     let ok = outcome.final_response.unwrap();
-    uac.ack(&ok).await;
+    uac.ack(1, None);
     let media_to = ok.sdp_media_addr().expect("SDP in the 200");
-    uac.send_silence(media_to, 150).await; // 3 s of caller audio
+    uac.send_rtp(media_to, 0, 150); // 3 s of caller audio
 
     // Meanwhile the idle one timed out.
-    let call = server.wait_call_final(&idle, Duration::from_secs(8)).await;
+    let call = server.wait_call_final(&idle, Duration::from_secs(8));
     assert_eq!(
         call["disconnection_reason"], "registered_call_timeout",
         "{call}"
@@ -65,22 +59,20 @@ async fn undialled_call_times_out_and_cannot_be_dialled_later() {
     );
 
     // The held call is still up, past the window.
-    let live = server.get_call(&dialled).await;
+    let live = server.get_call(&dialled);
     assert_eq!(
         live["call_status"], "ongoing",
         "a dialled call is not cut by the registration timer: {live}"
     );
-    assert_eq!(uac.bye(&ok, Duration::from_secs(5)).await, Some(200));
-    let ended = server
-        .wait_call_final(&dialled, Duration::from_secs(10))
-        .await;
+    assert_eq!(uac.bye(), Some(200));
+    let ended = server.wait_call_final(&dialled, Duration::from_secs(10));
     assert_eq!(ended["disconnection_reason"], "user_hangup", "{ended}");
 
     // Dialling the timed-out call is refused, and reaches no agent.
     let before = agent.connections().len();
-    let mut late = Uac::new(server.sip).await;
-    let sent = late.send_invite(&idle, &[0]).await;
-    let outcome = late.await_final(sent, Duration::from_secs(10)).await;
+    let mut late = Uac::new(server.sip_addr(), &idle);
+    let offer = late.sdp(&[0, 101], "sendrecv");
+    let outcome = late.invite(Some(&offer), Duration::from_secs(10));
     let status = outcome.final_status().expect("a final response");
     assert!(
         (400..700).contains(&status),
@@ -92,7 +84,7 @@ async fn undialled_call_times_out_and_cannot_be_dialled_later() {
         before,
         "no agent for an expired call"
     );
-    let after = server.get_call(&idle).await;
+    let after = server.get_call(&idle);
     assert_eq!(
         after["disconnection_reason"], "registered_call_timeout",
         "the expired call keeps its reason: {after}"

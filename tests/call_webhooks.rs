@@ -12,127 +12,26 @@
 //! - SIGTERM while a `call_ended` waits for its retry: the retry still goes out, then the
 //!   process exits.
 
-mod common_call;
+mod harness;
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common_call::agent::{Mode, TestAgent};
-use common_call::{sipp, Dialtone};
+use harness::agent::{Mode, TestAgent};
+use harness::api::assert_ended_by_caller;
+use harness::metrics::Metrics;
+use harness::server::{Server, API_KEY};
+use harness::sipp::Sipp;
+use harness::webhook::{Hooked, WebhookServer};
+use harness::{now_ms, unique};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const SIGNING_KEY: &str = "whsec-e2e-0123456789";
-
-/// One request the webhook server received: the raw body and the headers.
-#[derive(Debug, Clone)]
-struct Hooked {
-    head: String,
-    body: String,
-}
-
-impl Hooked {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.split("\r\n").skip(1).find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-
-    fn event(&self) -> String {
-        self.json()["event"].as_str().unwrap_or("").to_owned()
-    }
-}
-
-/// A webhook receiver that answers its n-th request with `statuses[n]` (then the last one).
-struct Hook {
-    url: String,
-    seen: Arc<Mutex<Vec<Hooked>>>,
-}
-
-impl Hook {
-    async fn start(statuses: Vec<u16>) -> Hook {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/retell-webhook", listener.local_addr().unwrap());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
-        tokio::spawn(async move {
-            let mut n = 0;
-            while let Ok((mut s, _)) = listener.accept().await {
-                let status = statuses[n.min(statuses.len() - 1)];
-                n += 1;
-                let Some((head, body)) = read_request(&mut s).await else {
-                    continue;
-                };
-                // Recorded before answering: the order seen is the order sent.
-                record.lock().unwrap().push(Hooked { head, body });
-                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
-                let _ = s.write_all(reply.as_bytes()).await;
-                let _ = s.shutdown().await;
-            }
-        });
-        Hook { url, seen }
-    }
-
-    /// Waits (bounded) until `n` requests came in; returns all of them.
-    async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Hooked> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let seen = self.seen.lock().unwrap().clone();
-            if seen.len() >= n || Instant::now() > deadline {
-                return seen;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Head and body of one HTTP/1.1 request with Content-Length; `None` if it is cut short.
-async fn read_request(s: &mut tokio::net::TcpStream) -> Option<(String, String)> {
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 8192];
-    let read = async {
-        loop {
-            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-                let length: usize = head
-                    .split("\r\n")
-                    .find_map(|l| {
-                        let (n, v) = l.split_once(':')?;
-                        n.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse().ok())?
-                    })
-                    .unwrap_or(0);
-                if raw.len() >= end + 4 + length {
-                    let body = String::from_utf8(raw[end + 4..end + 4 + length].to_vec()).ok()?;
-                    return Some((head, body));
-                }
-            }
-            let k = s.read(&mut buf).await.ok()?;
-            if k == 0 {
-                return None;
-            }
-            raw.extend_from_slice(&buf[..k]);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .ok()
-        .flatten()
-}
 
 /// What the official SDK's `Retell(api_key=key).verify(body, api_key=key, signature=sig)`
 /// says of the body as received, of a tampered copy, and of the body with another key.
 /// One Python run for the three (importing the SDK takes seconds).
 fn sdk_verify(dir: &std::path::Path, body: &str, key: &str, signature: &str) -> [bool; 3] {
-    let path = dir.join(format!("body-{}.json", common_call::unique("")));
+    let path = dir.join(format!("body-{}.json", unique("")));
     std::fs::write(&path, body.as_bytes()).unwrap();
     let script = "import sys\n\
                   from retell import Retell\n\
@@ -173,25 +72,19 @@ fn sdk_verify(dir: &std::path::Path, body: &str, key: &str, signature: &str) -> 
 /// The server, a webhook receiver answering `statuses`, and an echo agent whose
 /// `webhook_url` points at it.
 struct Setup {
-    hook: Hook,
-    server: Dialtone,
+    hook: WebhookServer,
+    server: Server,
     agent_id: String,
     _agent: TestAgent,
 }
 
-async fn setup(statuses: Vec<u16>, env: &[(&str, &str)]) -> Setup {
-    let hook = Hook::start(statuses).await;
-    let server = Dialtone::start_with(env).await;
+async fn setup(statuses: &[u16], env: &[(&str, &str)]) -> Setup {
+    let replies: Vec<(u16, &str)> = statuses.iter().map(|&s| (s, "")).collect();
+    let hook = WebhookServer::start("/retell-webhook", &replies).await;
+    let server = Server::start_with(env);
     let agent = TestAgent::start(Mode::Echo).await;
-    let agent_id = server.create_agent(&agent.url(), "mulaw_8000").await;
-    let (status, body) = server
-        .api(
-            "PATCH",
-            &format!("/update-agent/{agent_id}"),
-            Some(json!({ "webhook_url": hook.url })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let agent_id = server.create_agent(&agent.url(), "mulaw_8000");
+    let body = server.update_agent(&agent_id, json!({ "webhook_url": hook.url }));
     assert_eq!(body["webhook_url"], hook.url.as_str(), "{body}");
     Setup {
         hook,
@@ -203,59 +96,42 @@ async fn setup(statuses: Vec<u16>, env: &[(&str, &str)]) -> Setup {
 
 impl Setup {
     /// Registers a call for the agent; returns its id.
-    async fn register(&self) -> String {
-        self.server.register_call(&self.agent_id).await["call_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+    fn register(&self) -> String {
+        self.server.register_call(&self.agent_id)
     }
 
     /// Stops a call through the API (204).
-    async fn stop(&self, call_id: &str) {
-        let (status, body) = self
-            .server
-            .api("POST", &format!("/v2/stop-call/{call_id}"), None)
-            .await;
+    fn stop(&self, call_id: &str) {
+        let (status, body) = self.server.stop_call(call_id);
         assert_eq!(status, 204, "{body}");
     }
 
     /// Registers a call, SIPp dials it, plays the 5 s tone and hangs up; returns the final
     /// call object (checked as ended by the caller).
-    async fn answered_call(&self) -> Value {
-        let call_id = self.register().await;
-        let t0 = common_call::now_ms();
-        let run = sipp::run_uac(sipp::Uac {
-            scenario: "uac_pcap_pcmu.xml",
-            target: self.server.sip,
-            service: &call_id,
-            dir: self.server.dir.path(),
-            media_port: common_call::free_port_block(4),
-            timeout: Duration::from_secs(30),
-            extra: vec![],
-        })
-        .await;
+    fn answered_call(&self) -> Value {
+        let call_id = self.register();
+        let t0 = now_ms();
+        let run = Sipp::uac("e2e/sipp/uac_pcap_pcmu.xml", self.server.sip_addr())
+            .service(&call_id)
+            .run();
         assert!(run.ok(), "the SIPp call failed:\n{}", run.describe());
         let call = self
             .server
-            .wait_call_final(&call_id, Duration::from_secs(10))
-            .await;
-        common_call::assert_ended_by_caller(&call, t0);
+            .wait_call_final(&call_id, Duration::from_secs(10));
+        assert_ended_by_caller(&call, t0);
         call
     }
 }
 
-/// The series of `dialtone_webhook_events_total` for one event and outcome.
+/// The count of `dialtone_webhook_events_total` for one event and outcome in a metrics page.
 fn metric(text: &str, event: &str, outcome: &str) -> u64 {
-    let prefix =
-        format!("dialtone_webhook_events_total{{event=\"{event}\",outcome=\"{outcome}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().unwrap_or(0))
+    let labels = [("event", event), ("outcome", outcome)];
+    Metrics::parse(text).sum("dialtone_webhook_events_total", &labels) as u64
 }
 
 /// Asserts the signature is the SDK's format with a fresh timestamp, and that the SDK
 /// accepts it for this body and key and refuses a tampered body and another key.
-fn assert_signed(server: &Dialtone, hooked: &Hooked, key: &str) {
+fn assert_signed(server: &Server, hooked: &Hooked, key: &str) {
     let sig = hooked
         .header("x-retell-signature")
         .unwrap_or_else(|| panic!("no x-retell-signature in\n{}", hooked.head));
@@ -264,9 +140,9 @@ fn assert_signed(server: &Dialtone, hooked: &Hooked, key: &str) {
         .and_then(|r| r.split_once(",d="))
         .unwrap_or_else(|| panic!("signature {sig} is not v=<ms>,d=<hex>"));
     let stamp: i64 = stamp.parse().expect("v= is unix ms");
-    assert!((common_call::now_ms() - stamp).abs() < 60_000, "{sig}");
+    assert!((now_ms() - stamp).abs() < 60_000, "{sig}");
     assert_eq!(digest.len(), 64, "{sig}");
-    let [valid, tampered, other_key] = sdk_verify(server.dir.path(), &hooked.body, key, &sig);
+    let [valid, tampered, other_key] = sdk_verify(server.dir(), &hooked.body, key, &sig);
     assert!(valid, "Retell.verify refused {sig} for {}", hooked.body);
     assert!(!tampered, "Retell.verify accepted a tampered body");
     assert!(!other_key, "Retell.verify accepted another key");
@@ -274,20 +150,16 @@ fn assert_signed(server: &Dialtone, hooked: &Hooked, key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answered_call_sends_call_started_then_call_ended_signed() {
-    let t = setup(
-        vec![200],
-        &[("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY)],
-    )
-    .await;
+    let t = setup(&[200], &[("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY)]).await;
     let (hook, server) = (&t.hook, &t.server);
-    let t0 = common_call::now_ms();
-    let call = t.answered_call().await;
+    let t0 = now_ms();
+    let call = t.answered_call();
     let call_id = call["call_id"].as_str().unwrap().to_owned();
 
     let seen = hook.wait_for(2, Duration::from_secs(10)).await;
     // Anything more (a duplicate) would come right after.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let seen_all = hook.seen.lock().unwrap().clone();
+    let seen_all = hook.seen();
     assert_eq!(seen_all.len(), 2, "exactly two events: {seen_all:#?}");
     let events: Vec<String> = seen.iter().map(Hooked::event).collect();
     assert_eq!(events, ["call_started", "call_ended"]);
@@ -312,12 +184,12 @@ async fn answered_call_sends_call_started_then_call_ended_signed() {
     let ended = seen[1].json();
     assert_eq!(ended["call"], call, "call_ended's call is get-call's");
     assert_eq!(ended["call"]["disconnection_reason"], "user_hangup");
-    common_call::assert_ended_by_caller(&ended["call"], t0);
+    assert_ended_by_caller(&ended["call"], t0);
 
     for hooked in &seen {
         assert_signed(server, hooked, SIGNING_KEY);
     }
-    let text = server.metrics().await;
+    let text = server.metrics().text;
     assert_eq!(metric(&text, "call_started", "delivered"), 1, "{text}");
     assert_eq!(metric(&text, "call_ended", "delivered"), 1, "{text}");
     assert!(
@@ -331,9 +203,9 @@ async fn failing_webhook_is_retried_and_the_call_goes_on() {
     // 500, 500, then 200: call_started lands on its third try (after 1 s + 2 s of
     // backoff, while the call runs); call_ended after it.
     // No signing key configured: the first API key signs, as with Retell.
-    let t = setup(vec![500, 500, 200], &[]).await;
+    let t = setup(&[500, 500, 200], &[]).await;
     let (hook, server) = (&t.hook, &t.server);
-    t.answered_call().await;
+    t.answered_call();
 
     let seen = hook.wait_for(4, Duration::from_secs(15)).await;
     let events: Vec<String> = seen.iter().map(Hooked::event).collect();
@@ -343,9 +215,9 @@ async fn failing_webhook_is_retried_and_the_call_goes_on() {
     );
     // The same event each time, signed afresh.
     assert_eq!(seen[0].body, seen[2].body);
-    assert_signed(server, &seen[2], common_call::API_KEY);
-    assert_signed(server, &seen[3], common_call::API_KEY);
-    let text = server.metrics().await;
+    assert_signed(server, &seen[2], API_KEY);
+    assert_signed(server, &seen[3], API_KEY);
+    let text = server.metrics().text;
     assert_eq!(metric(&text, "call_started", "retried"), 2, "{text}");
     assert_eq!(metric(&text, "call_started", "delivered"), 1, "{text}");
     assert_eq!(metric(&text, "call_ended", "delivered"), 1, "{text}");
@@ -354,71 +226,35 @@ async fn failing_webhook_is_retried_and_the_call_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_call_refused_by_the_trunk_sends_call_ended_only() {
-    common_call::require_tool("sipp");
-    let t = setup(
-        vec![200],
-        &[("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY)],
-    )
-    .await;
+    let t = setup(&[200], &[("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY)]).await;
     let (hook, server) = (&t.hook, &t.server);
 
     // SIPp as the trunk: 100, then 486 Busy Here, then it takes the ACK.
-    let scenario =
-        std::fs::read_to_string(format!("{}/tests/sipp/trunk_reject.xml", common_call::REPO))
-            .unwrap()
-            .replace("[status]", "486");
-    let path = server.dir.path().join("trunk_reject_486.xml");
-    std::fs::write(&path, scenario).unwrap();
-    let port = common_call::free_udp_port();
-    let mut trunk = tokio::process::Command::new("sipp")
-        .arg("-sf")
-        .arg(&path)
-        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"])
-        .args(["-mp", &common_call::free_port_block(4).to_string()])
-        .args(["-nostdin", "-timeout", "30"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("sipp");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let (status, number) = server
-        .api(
-            "POST",
-            "/import-phone-number",
-            Some(json!({
-                "phone_number": "+14155550177",
-                "termination_uri": format!("127.0.0.1:{port}"),
-                "transport": "UDP",
-                "outbound_agent_id": t.agent_id,
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{number}");
-    let (status, created) = server
-        .api(
-            "POST",
-            "/v2/create-phone-call",
-            Some(json!({"from_number": "+14155550177", "to_number": "+14155550199"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
+    let trunk = Sipp::uas("sipp/trunk_reject.xml")
+        .replace("status", "486")
+        .start();
+    server.import_number(json!({
+        "phone_number": "+14155550177",
+        "termination_uri": format!("127.0.0.1:{}", trunk.sip_port),
+        "transport": "UDP",
+        "outbound_agent_id": t.agent_id,
+    }));
+    let created = server
+        .create_phone_call(json!({"from_number": "+14155550177", "to_number": "+14155550199"}));
     let call_id = created["call_id"].as_str().unwrap().to_owned();
-    let call = server
-        .wait_call_final(&call_id, Duration::from_secs(15))
-        .await;
+    let call = server.wait_call_final(&call_id, Duration::from_secs(15));
     assert_eq!(call["call_status"], "not_connected", "{call}");
     assert_eq!(call["disconnection_reason"], "dial_busy", "{call}");
-    let exit = tokio::time::timeout(Duration::from_secs(15), trunk.wait()).await;
+    let exit = trunk.wait();
     assert!(
-        matches!(exit, Ok(Ok(s)) if s.success()),
-        "the trunk scenario did not complete: {exit:?}"
+        exit.ok(),
+        "the trunk scenario did not complete: {}",
+        exit.describe()
     );
 
     let seen = hook.wait_for(1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let seen_all = hook.seen.lock().unwrap().clone();
+    let seen_all = hook.seen();
     assert_eq!(seen_all.len(), 1, "call_ended only: {seen_all:#?}");
     assert_eq!(seen[0].event(), "call_ended");
     assert_eq!(
@@ -432,7 +268,7 @@ async fn outbound_call_refused_by_the_trunk_sends_call_ended_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_nobody_dialled_send_call_ended_when_stopped_or_expired() {
     let t = setup(
-        vec![200],
+        &[200],
         &[
             ("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY),
             ("DIALTONE__CALLS__REGISTERED_CALL_TIMEOUT_MS", "1500"),
@@ -441,10 +277,10 @@ async fn calls_nobody_dialled_send_call_ended_when_stopped_or_expired() {
     .await;
     let (hook, server) = (&t.hook, &t.server);
     // Stopped through the API before anyone dialled it.
-    let stopped = t.register().await;
-    t.stop(&stopped).await;
+    let stopped = t.register();
+    t.stop(&stopped);
     // Left to expire: the sweeper ends it.
-    let expired = t.register().await;
+    let expired = t.register();
 
     let seen = hook.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(seen.len(), 2, "{seen:#?}");
@@ -461,7 +297,7 @@ async fn calls_nobody_dialled_send_call_ended_when_stopped_or_expired() {
         let hooked = by_id(id);
         assert_eq!(hooked.event(), "call_ended");
         assert_eq!(hooked.json()["call"]["disconnection_reason"], reason);
-        assert_eq!(hooked.json()["call"], server.get_call(id).await);
+        assert_eq!(hooked.json()["call"], server.get_call(id));
         assert_signed(server, &hooked, SIGNING_KEY);
     }
 }
@@ -470,26 +306,21 @@ async fn calls_nobody_dialled_send_call_ended_when_stopped_or_expired() {
 async fn sigterm_gives_pending_webhooks_time_to_finish() {
     // The first try fails; the retry (1 s later) must still go out after SIGTERM.
     let mut t = setup(
-        vec![500, 200],
+        &[500, 200],
         &[("DIALTONE__WEBHOOKS__SIGNING_KEY", SIGNING_KEY)],
     )
     .await;
-    let call_id = t.register().await;
-    t.stop(&call_id).await;
+    let call_id = t.register();
+    t.stop(&call_id);
     assert_eq!(t.hook.wait_for(1, Duration::from_secs(10)).await.len(), 1);
 
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &t.server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    t.server.signal("TERM");
     let seen = t.hook.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(seen.len(), 2, "the retry after SIGTERM: {seen:#?}");
     assert_eq!(seen[1].event(), "call_ended");
     assert_eq!(seen[1].json()["call"]["call_id"], call_id.as_str());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while t.server.is_running() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(!t.server.is_running(), "SIGTERM must still end the process");
+    assert!(
+        t.server.wait_exit(Duration::from_secs(10)).is_some(),
+        "SIGTERM must still end the process"
+    );
 }

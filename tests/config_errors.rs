@@ -1,69 +1,31 @@
 //! A bad configuration value stops the binary at once with exit code 2 and one line on
 //! stderr naming the key; a missing config file fails clearly.
 
-mod common;
+mod harness;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
+use harness::server::{Server, ServerBuilder};
 
 struct Outcome {
     code: Option<i32>,
     stderr: String,
 }
 
-/// Runs the binary with good listen addresses (so an accepted bad value cannot collide with
-/// anything) plus `overrides`, and waits at most 10 s for it to exit.
-fn run(config: &str, overrides: &[(&str, &str)]) -> Outcome {
-    let dir = tempfile::tempdir().unwrap();
-    let sip = free_port_udp_tcp();
-    let http = free_tcp_port();
-    let stderr_path = dir.path().join("stderr.log");
-    let mut cmd = Command::new(binary());
-    cmd.arg("--config").arg(config).current_dir(dir.path());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("DIALTONE__") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("DIALTONE__SIP__UDP", format!("127.0.0.1:{sip}"))
-        .env("DIALTONE__SIP__TCP", format!("127.0.0.1:{sip}"))
-        .env("DIALTONE__HTTP__LISTEN", format!("127.0.0.1:{http}"))
-        .env(
-            "DIALTONE__DATABASE__URL",
-            format!("sqlite://{}/d.db", dir.path().display()),
+/// Runs the binary as `builder` says (good listen addresses, so an accepted bad value cannot
+/// collide with anything), and waits at most 10 s for it to exit.
+fn run(builder: ServerBuilder) -> Outcome {
+    let mut server = builder.spawn();
+    let Some(status) = server.wait_exit(Duration::from_secs(10)) else {
+        panic!(
+            "still running after 10 s as {builder:?}; stderr:\n{}",
+            server.log()
         );
-    for (k, v) in overrides {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&stderr_path).unwrap()))
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-            panic!("still running after 10 s with {overrides:?}; stderr:\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     };
     Outcome {
-        code,
-        stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+        code: status.code(),
+        stderr: server.log(),
     }
-}
-
-fn default_config_path() -> String {
-    default_config().display().to_string()
 }
 
 #[test]
@@ -78,7 +40,7 @@ fn bad_values_exit_2_with_one_line_naming_the_key() {
     ];
     let mut failures = Vec::new();
     for (key, value, name) in cases {
-        let out = run(&default_config_path(), &[(key, value)]);
+        let out = run(Server::builder().env(key, value));
         let lines: Vec<&str> = out
             .stderr
             .lines()
@@ -99,7 +61,7 @@ fn bad_values_exit_2_with_one_line_naming_the_key() {
 
 #[test]
 fn missing_config_file_fails_clearly() {
-    let out = run("/nonexistent.toml", &[]);
+    let out = run(Server::builder().config("/nonexistent.toml"));
     assert!(
         matches!(out.code, Some(c) if c != 0),
         "exit code {:?}",
@@ -119,11 +81,7 @@ fn missing_config_file_fails_clearly() {
 
 #[test]
 fn tls_listener_without_certificate_is_a_config_error() {
-    let tls = free_tcp_port();
-    let out = run(
-        &default_config_path(),
-        &[("DIALTONE__SIP__TLS", &format!("127.0.0.1:{tls}"))],
-    );
+    let out = run(Server::builder().tls());
     assert_eq!(out.code, Some(2), "stderr: {}", out.stderr);
     assert!(out.stderr.contains("tls.cert"), "stderr: {}", out.stderr);
 }

@@ -1,9 +1,12 @@
 //! The HTTP side: health and metrics are open, everything else needs a bearer key, and
 //! errors are JSON.
 
-mod common;
+mod harness;
 
-use common::*;
+use harness::http::{http_request, HttpResponse};
+use harness::metrics::Metrics;
+use harness::server::{Server, API_KEY};
+use harness::sip::{options_probe, Transport};
 
 #[test]
 fn healthz_answers_200_without_auth() {
@@ -15,7 +18,10 @@ fn healthz_answers_200_without_auth() {
 #[test]
 fn metrics_are_prometheus_text_and_count_sip_messages() {
     let server = Server::start();
-    assert_eq!(udp_options(server.udp_addr()).code, 200);
+    assert_eq!(
+        options_probe(Transport::Udp, server.sip_addr()).map(|r| r.code()),
+        Some(200)
+    );
     let r = server.get("/metrics");
     assert_eq!(r.status, 200);
     let ct = r.header("content-type").unwrap_or_default();
@@ -87,6 +93,7 @@ fn wrong_key_is_401() {
         "GET",
         "/v2/list-calls",
         &[("Authorization", &format!("Basic {API_KEY}"))],
+        None,
     )
     .unwrap();
     assert_unauthorized(&r, "basic scheme");

@@ -2,27 +2,29 @@
 //! same final response again (same To tag) and nothing is created twice; so is a
 //! retransmitted OPTIONS after its transaction handed its 200 to the endpoint's table.
 
-mod common;
+mod harness;
 
 use std::time::Duration;
 
-use common::*;
+use harness::server::Server;
+use harness::sip::{Request, SipMsg, TcpClient, Transport, UdpClient};
+use harness::sipp::Sipp;
 
 #[test]
 fn raw_udp_retransmitted_invite_gets_same_404_and_is_absorbed() {
     let server = Server::start();
-    let client = UdpClient::new(server.udp_addr());
+    let client = UdpClient::new(server.sip_addr());
     let invite = Request::invite("nobody", Transport::Udp, client.local());
     let bytes = invite.to_bytes();
 
     client.send(&bytes);
     let first = client.final_response(Duration::from_secs(5));
-    assert_eq!(first.code, 404, "{}", first.text());
+    assert_eq!(first.code(), 404, "{}", first.text());
 
     // Byte for byte the same request: a retransmission.
     client.send(&bytes);
     let second = client.final_response(Duration::from_secs(5));
-    assert_eq!(second.code, 404, "{}", second.text());
+    assert_eq!(second.code(), 404, "{}", second.text());
     assert!(first.to_tag().is_some());
     assert_eq!(
         first.to_tag(),
@@ -65,13 +67,13 @@ fn raw_udp_retransmitted_invite_gets_same_404_and_is_absorbed() {
 #[test]
 fn raw_tcp_repeated_invite_gets_same_404() {
     let server = Server::start();
-    let mut client = TcpClient::connect(server.tcp_addr()).unwrap();
+    let mut client = TcpClient::connect(server.sip_addr()).unwrap();
     let local = client.local();
     let invite = Request::invite("nobody", Transport::Tcp, local);
     let first = client.request(&invite);
-    assert_eq!(first.code, 404);
+    assert_eq!(first.code(), 404);
     let second = client.request(&invite);
-    assert_eq!(second.code, 404);
+    assert_eq!(second.code(), 404);
     assert_eq!(first.to_tag(), second.to_tag(), "same To tag");
     client.send_request(&invite.ack_for(&first));
     let m = server.metrics();
@@ -91,14 +93,11 @@ fn raw_tcp_repeated_invite_gets_same_404() {
 #[test]
 fn sipp_retransmitted_invite_gets_same_404() {
     let server = Server::start();
-    let run = run_sipp(
-        "invite_retransmission.xml",
-        server.udp_addr(),
-        "u1",
-        2,
-        Duration::from_secs(20),
-        &["-s", "nobody"],
-    );
+    let run = Sipp::uac("sipp/invite_retransmission.xml", server.sip_addr())
+        .calls(2)
+        .timeout(Duration::from_secs(20))
+        .service("nobody")
+        .run();
     run.assert_success();
     let m = server.metrics();
     assert!(
@@ -119,26 +118,26 @@ fn sipp_retransmitted_invite_gets_same_404() {
 #[test]
 fn back_to_back_duplicate_invite_is_one_transaction() {
     let server = Server::start();
-    let client = UdpClient::new(server.udp_addr());
+    let client = UdpClient::new(server.sip_addr());
     let invite = Request::invite("nobody", Transport::Udp, client.local());
     let bytes = invite.to_bytes();
     client.send(&bytes);
     client.send(&bytes);
     // Everything for a moment (bounded): 100s and 404s of one transaction only.
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    let mut finals: Vec<Response> = Vec::new();
+    let mut finals: Vec<SipMsg> = Vec::new();
     while std::time::Instant::now() < deadline {
         let Some(d) = client.recv(Duration::from_millis(400)) else {
             break;
         };
-        let r = Response::parse(&d).expect("a SIP response");
-        if r.code >= 200 {
-            assert_eq!(r.code, 404, "{}", r.text());
+        let r = SipMsg::parse_response(&d).expect("a SIP response");
+        if r.code() >= 200 {
+            assert_eq!(r.code(), 404, "{}", r.text());
             finals.push(r);
         }
     }
     assert!(!finals.is_empty(), "a 404 arrived");
-    let tags: Vec<_> = finals.iter().map(Response::to_tag).collect();
+    let tags: Vec<_> = finals.iter().map(SipMsg::to_tag).collect();
     assert!(
         tags.windows(2).all(|w| w[0] == w[1]),
         "every 404 has the same To tag: {tags:?}"
@@ -161,12 +160,12 @@ fn back_to_back_duplicate_invite_is_one_transaction() {
 #[test]
 fn retransmitted_options_after_its_200_gets_the_same_200_without_a_live_task() {
     let server = Server::start();
-    let client = UdpClient::new(server.udp_addr());
+    let client = UdpClient::new(server.sip_addr());
     let options = Request::options(Transport::Udp, client.local());
     let bytes = options.to_bytes();
     client.send(&bytes);
     let first = client.final_response(Duration::from_secs(5));
-    assert_eq!(first.code, 200, "{}", first.text());
+    assert_eq!(first.code(), 200, "{}", first.text());
     std::thread::sleep(Duration::from_millis(300));
     let m = server.metrics();
     let live = m.sum(
@@ -177,7 +176,7 @@ fn retransmitted_options_after_its_200_gets_the_same_200_without_a_live_task() {
 
     client.send(&bytes);
     let second = client.final_response(Duration::from_secs(5));
-    assert_eq!(second.code, 200, "{}", second.text());
+    assert_eq!(second.code(), 200, "{}", second.text());
     assert_eq!(
         first.to_tag(),
         second.to_tag(),

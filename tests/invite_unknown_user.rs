@@ -1,48 +1,49 @@
 //! An INVITE to a user nobody routes yet gets 100 Trying, then 404 Not Found; the ACK for
 //! the 404 is absorbed by the transaction: no answer to it, and no more 404s after it.
 
-mod common;
+mod harness;
 
 use std::time::Duration;
 
-use common::*;
+use harness::server::Server;
+use harness::sip::{options_probe, Reply, Request, SipMsg, Transport, UdpClient};
+use harness::sipp::Sipp;
 
 #[test]
 fn sipp_invite_over_udp_gets_404_and_ack_is_absorbed() {
     let server = Server::start();
-    let run = run_sipp(
-        "invite_404.xml",
-        server.udp_addr(),
-        "u1",
-        3,
-        Duration::from_secs(20),
-        &["-s", "nobody"],
-    );
+    let run = Sipp::uac("sipp/invite_404.xml", server.sip_addr())
+        .calls(3)
+        .timeout(Duration::from_secs(20))
+        .service("nobody")
+        .run();
     run.assert_success();
 }
 
 #[test]
 fn sipp_invite_over_tcp_gets_404() {
     let server = Server::start();
-    let run = run_sipp(
-        "invite_404.xml",
-        server.tcp_addr(),
-        "t1",
-        3,
-        Duration::from_secs(20),
-        &["-s", "nobody"],
-    );
+    let run = Sipp::uac("sipp/invite_404.xml", server.sip_addr())
+        .transport("t1")
+        .calls(3)
+        .timeout(Duration::from_secs(20))
+        .service("nobody")
+        .run();
     run.assert_success();
 }
 
 #[test]
 fn raw_udp_invite_gets_trying_then_404_and_nothing_after_ack() {
     let server = Server::start();
-    let client = UdpClient::new(server.udp_addr());
+    let client = UdpClient::new(server.sip_addr());
     let invite = Request::invite("nobody", Transport::Udp, client.local());
     client.send_request(&invite);
-    let responses = client.responses_until_final(Duration::from_secs(5));
-    let codes: Vec<u16> = responses.iter().map(|r| r.code).collect();
+    let (provisional, reply) = client.final_reply(Duration::from_secs(5));
+    let mut codes: Vec<u16> = provisional.iter().map(SipMsg::code).collect();
+    let Reply::Final(not_found) = reply else {
+        panic!("expected 404 as the final answer, got {codes:?} then {reply:?}");
+    };
+    codes.push(not_found.code());
     assert_eq!(
         codes.last(),
         Some(&404),
@@ -52,11 +53,10 @@ fn raw_udp_invite_gets_trying_then_404_and_nothing_after_ack() {
         codes[..codes.len() - 1].iter().all(|c| *c == 100),
         "only 100 Trying may precede the 404: {codes:?}"
     );
-    let not_found = responses.last().unwrap();
     assert!(not_found.to_tag().is_some(), "404 must carry a To tag");
-    assert_eq!(not_found.cseq_method().as_deref(), Some("INVITE"));
+    assert_eq!(not_found.cseq_method(), Some("INVITE"));
 
-    client.send_request(&invite.ack_for(not_found));
+    client.send_request(&invite.ack_for(&not_found));
     // T1 is 500 ms: without the ACK the 404 would be retransmitted at 0.5 s and 1.5 s.
     if let Some(d) = client.recv(Duration::from_millis(1800)) {
         panic!(
@@ -77,16 +77,16 @@ fn raw_udp_invite_gets_trying_then_404_and_nothing_after_ack() {
 #[test]
 fn unacknowledged_404_is_retransmitted_over_udp() {
     let server = Server::builder().env("DIALTONE__SIP__T1_MS", "200").start();
-    let client = UdpClient::new(server.udp_addr());
+    let client = UdpClient::new(server.sip_addr());
     let invite = Request::invite("nobody", Transport::Udp, client.local());
     client.send_request(&invite);
     let first = client.final_response(Duration::from_secs(5));
-    assert_eq!(first.code, 404);
+    assert_eq!(first.code(), 404);
     let again = client
         .recv(Duration::from_secs(3))
-        .and_then(|d| Response::parse(&d))
+        .and_then(|d| SipMsg::parse_response(&d))
         .expect("the 404 is retransmitted while no ACK arrives");
-    assert_eq!(again.code, 404);
+    assert_eq!(again.code(), 404);
     assert_eq!(
         again.to_tag(),
         first.to_tag(),
@@ -105,5 +105,8 @@ fn unacknowledged_404_is_retransmitted_over_udp() {
 }
 
 fn server_still_answers(server: &Server) {
-    assert_eq!(udp_options(server.udp_addr()).code, 200);
+    assert_eq!(
+        options_probe(Transport::Udp, server.sip_addr()).map(|r| r.code()),
+        Some(200)
+    );
 }

@@ -7,13 +7,21 @@
 //! `MANIFEST.tsv`. Each runs over UDP and over TCP (a new connection per message). Every case
 //! is run and every mismatch is reported together at the end.
 
-mod common;
+mod harness;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use harness::server::Server;
+use harness::sip::{branch, find, options_probe, Reply, SipMsg, TcpClient, Transport, UdpClient};
+use harness::{tests_path, unique};
+
+/// An RFC 4475 torture message (or the manifest), byte for byte.
+fn rfc4475(file: &str) -> Vec<u8> {
+    let path = tests_path("data/rfc4475").join(file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
 
 /// What a message may get back.
 #[derive(Debug, Clone, Copy)]
@@ -31,15 +39,23 @@ use Expect::*;
 /// What came back.
 #[derive(Debug)]
 enum Observed {
-    Final(Response),
+    Final(SipMsg),
     Nothing,
     NotSip(Vec<u8>),
 }
 
 impl Observed {
+    fn of(reply: Reply) -> Observed {
+        match reply {
+            Reply::Final(r) => Observed::Final(r),
+            Reply::NotSip(d) => Observed::NotSip(d),
+            Reply::Timeout | Reply::Closed => Observed::Nothing,
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
-            Observed::Final(r) => format!("{} {}", r.code, r.reason),
+            Observed::Final(r) => format!("{} {}", r.code(), r.reason()),
             Observed::Nothing => "no answer".into(),
             Observed::NotSip(d) => format!("non-SIP bytes {:?}", String::from_utf8_lossy(d)),
         }
@@ -48,7 +64,7 @@ impl Observed {
 
 fn judge(expect: Expect, seen: &Observed) -> bool {
     match (expect, seen) {
-        (Codes(c) | CodesOrNothing(c), Observed::Final(r)) => c.contains(&r.code),
+        (Codes(c) | CodesOrNothing(c), Observed::Final(r)) => c.contains(&r.code()),
         (CodesOrNothing(_) | Nothing, Observed::Nothing) => true,
         _ => false,
     }
@@ -108,12 +124,12 @@ fn run_cases(server: &mut Server, cases: &[Case], transport: Transport) -> (Vec<
                     problems.push(format!("the answer echoes the smuggled {text:?}"));
                 }
             }
-            if let Some(bad) = bare_line_break(&r.raw) {
+            if let Some(bad) = bare_line_break(r.raw.as_bytes()) {
                 problems.push(format!("the answer holds a bare CR or LF at byte {bad}"));
             }
             if let Some(h) = case.checks.needs_header {
                 if r.header(h).is_none() {
-                    problems.push(format!("the {} lacks a {h} header", r.code));
+                    problems.push(format!("the {} lacks a {h} header", r.code()));
                 }
             }
         }
@@ -122,13 +138,9 @@ fn run_cases(server: &mut Server, cases: &[Case], transport: Transport) -> (Vec<
             failures.push(format!("{}: the server died ({status})", case.name));
             return (failures, log);
         }
-        let probe = match transport {
-            Transport::Udp => try_udp_options(server.udp_addr()),
-            _ => try_tcp_options(server.tcp_addr()),
-        };
-        match probe {
-            Some(r) if r.code == 200 => {}
-            Some(r) => problems.push(format!("the OPTIONS after it got {}", r.code)),
+        match options_probe(transport, server.sip_addr()) {
+            Some(r) if r.code() == 200 => {}
+            Some(r) => problems.push(format!("the OPTIONS after it got {}", r.code())),
             None => problems.push("the OPTIONS after it got no answer".into()),
         }
         log.push_str(&format!(
@@ -150,19 +162,20 @@ fn run_cases(server: &mut Server, cases: &[Case], transport: Transport) -> (Vec<
 }
 
 fn udp_case(server: &Server, case: &Case, expect: Expect, problems: &mut Vec<String>) -> Observed {
-    let client = UdpClient::new(server.udp_addr());
+    let client = UdpClient::new(server.sip_addr());
     let bytes = (case.bytes)(client.local());
-    if let Err(e) = client.sock.send_to(&bytes, server.udp_addr()) {
+    if let Err(e) = client.sock.send_to(&bytes, server.sip_addr()) {
         problems.push(format!("could not send {} bytes: {e}", bytes.len()));
         return Observed::Nothing;
     }
-    let seen = collect_udp(&client, wait_for(expect));
+    let seen = Observed::of(client.final_reply(wait_for(expect)).1);
     if case.checks.udp_nothing_after {
         if let Observed::Final(first) = &seen {
             // Retransmissions of the same answer are fine; anything else is not.
             while let Some(d) = client.recv(Duration::from_millis(700)) {
-                match Response::parse(&d) {
-                    Some(r) if r.code == first.code && r.cseq_method() == first.cseq_method() => {}
+                match SipMsg::parse_response(&d) {
+                    Some(r)
+                        if r.code() == first.code() && r.cseq_method() == first.cseq_method() => {}
                     _ => problems.push(format!(
                         "something followed the answer: {:?}",
                         String::from_utf8_lossy(&d)
@@ -174,23 +187,8 @@ fn udp_case(server: &Server, case: &Case, expect: Expect, problems: &mut Vec<Str
     seen
 }
 
-fn collect_udp(client: &UdpClient, wait: Duration) -> Observed {
-    let deadline = std::time::Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let Some(d) = client.recv(left) else {
-            return Observed::Nothing;
-        };
-        match Response::parse(&d) {
-            Some(r) if r.code >= 200 => return Observed::Final(r),
-            Some(_) => continue, // provisional
-            None => return Observed::NotSip(d),
-        }
-    }
-}
-
 fn tcp_case(server: &Server, case: &Case, expect: Expect, problems: &mut Vec<String>) -> Observed {
-    let mut client = match TcpClient::connect(server.tcp_addr()) {
+    let mut client = match TcpClient::connect(server.sip_addr()) {
         Ok(c) => c,
         Err(e) => {
             problems.push(format!("TCP connect: {e}"));
@@ -200,18 +198,7 @@ fn tcp_case(server: &Server, case: &Case, expect: Expect, problems: &mut Vec<Str
     let bytes = (case.bytes)(client.local());
     // The server may close before it has read everything (a 1 MB message); not an error.
     let _ = client.send(&bytes);
-    let deadline = std::time::Instant::now() + wait_for(expect);
-    let seen = loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match client.read_message(left) {
-            StreamRead::Message(m) => match Response::parse(&m) {
-                Some(r) if r.code >= 200 => break Observed::Final(r),
-                Some(_) => continue,
-                None => break Observed::NotSip(m),
-            },
-            StreamRead::Timeout | StreamRead::Closed => break Observed::Nothing,
-        }
-    };
+    let seen = Observed::of(client.final_reply(wait_for(expect)).1);
     if case.checks.tcp_closes && !client.wait_closed(Duration::from_secs(3)) {
         problems.push("the connection stayed open after a framing error".into());
     }
@@ -724,8 +711,7 @@ fn rfc4475_expectations() -> Vec<(&'static str, Expect, Expect, Checks)> {
 
 /// The files named in MANIFEST.tsv.
 fn manifest_files() -> BTreeSet<String> {
-    let path = format!("{RFC4475_DIR}/MANIFEST.tsv");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let text = String::from_utf8(rfc4475("MANIFEST.tsv")).expect("MANIFEST.tsv is UTF-8");
     text.lines()
         .skip(1)
         .filter_map(|l| l.split('\t').next())
@@ -805,8 +791,7 @@ fn rfc4475_cases() -> Vec<Case> {
     expectations
         .into_iter()
         .map(|(file, udp, tcp, checks)| {
-            let path = format!("{RFC4475_DIR}/{file}");
-            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+            let bytes = rfc4475(file);
             Case {
                 name: file.to_string(),
                 bytes: Box::new(move |local| retarget_top_via(&bytes, local)),
@@ -831,9 +816,7 @@ fn rfc4475_torture_messages_over_tcp() {
     let mut server = Server::start();
     let mut cases = rfc4475_cases();
     for c in &mut cases {
-        let file = c.name.clone();
-        let path = format!("{RFC4475_DIR}/{file}");
-        let bytes = std::fs::read(&path).unwrap();
+        let bytes = rfc4475(&c.name);
         c.bytes = Box::new(move |_| bytes.clone());
     }
     let (failures, log) = run_cases(&mut server, &cases, Transport::Tcp);
@@ -843,7 +826,7 @@ fn rfc4475_torture_messages_over_tcp() {
 #[test]
 fn via_retargeting_keeps_the_rest_of_the_message() {
     let to: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    let wsinv = std::fs::read(format!("{RFC4475_DIR}/wsinv.dat")).unwrap();
+    let wsinv = rfc4475("wsinv.dat");
     let out = retarget_top_via(&wsinv, to);
     let text = String::from_utf8_lossy(&out);
     assert!(
@@ -854,13 +837,13 @@ fn via_retargeting_keeps_the_rest_of_the_message() {
         out.len(),
         wsinv.len() - "192.0.2.2".len() + to.to_string().len()
     );
-    let badinv = std::fs::read(format!("{RFC4475_DIR}/badinv01.dat")).unwrap();
+    let badinv = rfc4475("badinv01.dat");
     let text = String::from_utf8_lossy(&retarget_top_via(&badinv, to)).into_owned();
     assert!(
         text.contains("Via: SIP/2.0/UDP 127.0.0.1:40000;;,;,,"),
         "{text}"
     );
-    let longreq = std::fs::read(format!("{RFC4475_DIR}/longreq.dat")).unwrap();
+    let longreq = rfc4475("longreq.dat");
     let text = String::from_utf8_lossy(&retarget_top_via(&longreq, to)).into_owned();
     assert!(
         text.contains("Via: SIP/2.0/TCP 127.0.0.1:40000\r\n"),

@@ -1,37 +1,32 @@
 //! OPTIONS is answered 200 with `Allow` and `Accept`, over UDP and TCP, as driven by SIPp
 //! (a real, independent SIP implementation) and by hand-made requests.
 
-mod common;
+mod harness;
 
 use std::time::Duration;
 
-use common::*;
+use harness::server::Server;
+use harness::sip::{param, Request, Transport, UdpClient};
+use harness::sipp::Sipp;
 
 #[test]
 fn sipp_options_over_udp_gets_200_with_allow_and_accept() {
     let server = Server::start();
-    let run = run_sipp(
-        "options.xml",
-        server.udp_addr(),
-        "u1",
-        5,
-        Duration::from_secs(20),
-        &[],
-    );
+    let run = Sipp::uac("sipp/options.xml", server.sip_addr())
+        .calls(5)
+        .timeout(Duration::from_secs(20))
+        .run();
     run.assert_success();
 }
 
 #[test]
 fn sipp_options_over_tcp_gets_200_with_allow_and_accept() {
     let server = Server::start();
-    let run = run_sipp(
-        "options.xml",
-        server.tcp_addr(),
-        "t1",
-        5,
-        Duration::from_secs(20),
-        &[],
-    );
+    let run = Sipp::uac("sipp/options.xml", server.sip_addr())
+        .transport("t1")
+        .calls(5)
+        .timeout(Duration::from_secs(20))
+        .run();
     run.assert_success();
 }
 
@@ -39,10 +34,10 @@ fn sipp_options_over_tcp_gets_200_with_allow_and_accept() {
 #[test]
 fn raw_options_response_echoes_transaction_headers() {
     let server = Server::start();
-    let client = UdpClient::new(server.udp_addr());
+    let client = UdpClient::new(server.sip_addr());
     let req = Request::options(Transport::Udp, client.local());
     let resp = client.request(&req);
-    assert_eq!(resp.code, 200, "{}", resp.text());
+    assert_eq!(resp.code(), 200, "{}", resp.text());
 
     let via = resp.header("via").expect("Via in response");
     assert!(
@@ -53,7 +48,7 @@ fn raw_options_response_echoes_transaction_headers() {
     assert_eq!(resp.header("cseq"), Some("1 OPTIONS"));
     let from = resp.header("from").expect("From in response");
     assert_eq!(
-        tag_param(from).as_deref(),
+        param(from, "tag"),
         Some(req.from_tag.as_str()),
         "From tag echoed: {from}"
     );

@@ -4,9 +4,11 @@
 //! The server runs at `RUST_LOG=trace` and the test checks that the trunk password the
 //! script imports never appears in its log.
 
-mod common_api;
+mod harness;
 
 use std::process::Command;
+
+use harness::server::{Server, API_KEY};
 
 #[test]
 fn official_retell_sdk_drives_the_api() {
@@ -22,13 +24,15 @@ fn official_retell_sdk_drives_the_api() {
         ),
     }
     // TRACE, so the check below covers every log line the binary can write.
-    let server = common_api::Server::start_logging("trace");
+    let server = Server::builder()
+        .env("DIALTONE__LOG__FILTER", "trace")
+        .start();
     let trunk_password = format!("trunk-pw-{}", std::process::id());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/test_sdk.py");
     let out = Command::new("python3")
         .arg(script)
-        .env("DIALTONE_BASE_URL", &server.base_url)
-        .env("DIALTONE_API_KEY", &server.key)
+        .env("DIALTONE_BASE_URL", server.base_url())
+        .env("DIALTONE_API_KEY", API_KEY)
         .env("DIALTONE_TEST_TRUNK_PASSWORD", &trunk_password)
         .output()
         .expect("run python3");
@@ -37,9 +41,8 @@ fn official_retell_sdk_drives_the_api() {
     eprintln!("{stdout}{stderr}");
     assert!(out.status.success(), "SDK script failed");
     assert!(stdout.contains(" 0 failed"), "{stdout}");
-    assert!(server.db_path.exists(), "the database file was created");
-    let log_path = server.log_path.as_ref().expect("logging server");
-    let log = std::fs::read_to_string(log_path).expect("read the server log");
+    assert!(server.db_path().exists(), "the database file was created");
+    let log = server.log();
     assert!(
         log.contains("phone number imported"),
         "the TRACE log was captured"

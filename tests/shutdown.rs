@@ -2,17 +2,19 @@
 //! lets the ones in flight finish within `shutdown.grace_period_ms`, and exits 0. SIGINT
 //! exits at once.
 
-mod common;
+mod harness;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::http::http_request;
+use harness::server::Server;
+use harness::sip::{Request, Transport, UdpClient};
 
 /// Polls `/healthz` until it answers `status` (bounded).
 fn wait_health(server: &Server, status: u16, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if let Ok(r) = http_request(server.http_addr(), "GET", "/healthz", &[]) {
+        if let Ok(r) = http_request(server.http_addr(), "GET", "/healthz", &[], None) {
             if r.status == status {
                 return true;
             }
@@ -29,11 +31,11 @@ fn sigterm_refuses_new_invites_and_exits_once_in_flight_transactions_finish() {
         .env("DIALTONE__SHUTDOWN__GRACE_PERIOD_MS", "30000")
         .env("DIALTONE__SIP__T4_MS", "500")
         .start();
-    let client = UdpClient::new(server.udp_addr());
+    let client = UdpClient::new(server.sip_addr());
 
     let invite_a = Request::invite("alice", Transport::Udp, client.local());
     let resp_a = client.request(&invite_a);
-    assert_eq!(resp_a.code, 404, "{}", resp_a.text());
+    assert_eq!(resp_a.code(), 404, "{}", resp_a.text());
     // No ACK yet: transaction A stays in flight (Completed, waiting for the ACK).
 
     server.signal("TERM");
@@ -45,7 +47,7 @@ fn sigterm_refuses_new_invites_and_exits_once_in_flight_transactions_finish() {
     let invite_b = Request::invite("bob", Transport::Udp, client.local());
     let resp_b = client.request(&invite_b);
     assert_eq!(
-        resp_b.code,
+        resp_b.code(),
         503,
         "a new INVITE while draining: {}",
         resp_b.text()
@@ -76,9 +78,9 @@ fn sigint_exits_promptly_even_with_transactions_in_flight() {
     let mut server = Server::builder()
         .env("DIALTONE__SHUTDOWN__GRACE_PERIOD_MS", "30000")
         .start();
-    let client = UdpClient::new(server.udp_addr());
+    let client = UdpClient::new(server.sip_addr());
     let resp = client.request(&Request::invite("alice", Transport::Udp, client.local()));
-    assert_eq!(resp.code, 404);
+    assert_eq!(resp.code(), 404);
     server.signal("INT");
     assert!(
         server.wait_exit(Duration::from_secs(2)).is_some(),
@@ -91,10 +93,10 @@ fn sigterm_with_unfinished_transaction_exits_0_after_the_grace_period() {
     let mut server = Server::builder()
         .env("DIALTONE__SHUTDOWN__GRACE_PERIOD_MS", "1500")
         .start();
-    let client = UdpClient::new(server.udp_addr());
+    let client = UdpClient::new(server.sip_addr());
     // Never acknowledged: with T1 = 500 ms, Timer H (32 s) outlives the grace period.
     let resp = client.request(&Request::invite("alice", Transport::Udp, client.local()));
-    assert_eq!(resp.code, 404);
+    assert_eq!(resp.code(), 404);
     let signalled = Instant::now();
     server.signal("TERM");
     let status = server

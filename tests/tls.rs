@@ -1,125 +1,37 @@
 //! SIP over TLS, and mutual TLS: with `tls.client_ca` set, only clients presenting a
 //! certificate signed by that CA are served. Certificates are made per test with the
-//! `openssl` CLI; the client is `openssl s_client`, an independent TLS implementation.
+//! harness (rcgen); the client is `openssl s_client`, an independent TLS implementation.
 
-mod common;
+mod harness;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use harness::server::Server;
+use harness::sip::{Request, SipMsg, StreamRead, TcpClient, Transport};
+use harness::tls::{tls_exchange, Pki, TlsExchange, Usage};
 
 /// Throwaway PKI: a CA with a server certificate (SAN 127.0.0.1 and localhost) and a client
 /// certificate, plus an unrelated CA with its own client certificate.
-struct Pki {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::Builder::new()
-            .prefix("dialtone-pki-")
-            .tempdir()
-            .unwrap();
-        let path = dir.path().to_path_buf();
-        make_ca(&path, "ca", "dialtone test CA");
-        make_ca(&path, "other-ca", "some other CA");
-        make_leaf(
-            &path,
-            "server",
-            "ca",
-            "localhost",
-            "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-        );
-        make_leaf(
-            &path,
-            "client",
-            "ca",
-            "trunk.example.net",
-            "extendedKeyUsage=clientAuth\n",
-        );
-        make_leaf(
-            &path,
-            "stranger",
-            "other-ca",
-            "stranger.example.net",
-            "extendedKeyUsage=clientAuth\n",
-        );
-        Pki { _dir: dir, path }
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.path.join(name).display().to_string()
-    }
-}
-
-const EC: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-
-fn make_ca(dir: &Path, name: &str, cn: &str) {
-    let (key, pem, subj) = (
-        format!("{name}.key"),
-        format!("{name}.pem"),
-        format!("/CN={cn}"),
+fn pki() -> Pki {
+    let mut pki = Pki::new();
+    pki.ca("ca", "dialtone test CA");
+    pki.ca("other-ca", "some other CA");
+    pki.leaf(
+        "server",
+        "ca",
+        "localhost",
+        &["127.0.0.1", "localhost"],
+        Usage::Server,
     );
-    let mut args = vec!["req", "-x509"];
-    args.extend(EC);
-    args.extend([
-        "-nodes",
-        "-keyout",
-        &key,
-        "-out",
-        &pem,
-        "-days",
-        "2",
-        "-subj",
-        &subj,
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(dir, &args);
-}
-
-fn make_leaf(dir: &Path, name: &str, ca: &str, cn: &str, ext: &str) {
-    let ext_file = format!("{name}.ext");
-    std::fs::write(
-        dir.join(&ext_file),
-        format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n{ext}"),
-    )
-    .unwrap();
-    let (key, csr, pem, subj) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.pem"),
-        format!("/CN={cn}"),
+    pki.leaf("client", "ca", "trunk.example.net", &[], Usage::Client);
+    pki.leaf(
+        "stranger",
+        "other-ca",
+        "stranger.example.net",
+        &[],
+        Usage::Client,
     );
-    let mut args = vec!["req", "-new"];
-    args.extend(EC);
-    args.extend(["-nodes", "-keyout", &key, "-out", &csr, "-subj", &subj]);
-    openssl(dir, &args);
-    let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-extfile",
-            &ext_file,
-        ],
-    );
+    pki
 }
 
 fn tls_server(pki: &Pki, mutual: bool) -> Server {
@@ -164,10 +76,10 @@ fn exchange(server: &Server, args: &[String]) -> TlsExchange {
 
 fn assert_served(x: &TlsExchange, who: &str) {
     match &x.response {
-        Some(r) if r.code == 200 => {}
+        Some(r) if r.code() == 200 => {}
         other => panic!(
             "{who}: expected 200 over TLS, got {:?}\n--- s_client stdout ---\n{}\n--- s_client stderr ---\n{}",
-            other.as_ref().map(|r| r.code),
+            other.as_ref().map(|r| r.code()),
             x.stdout,
             x.stderr
         ),
@@ -189,7 +101,7 @@ fn assert_refused(x: &TlsExchange, who: &str) {
 
 #[test]
 fn options_over_tls_gets_200_and_server_cert_verifies() {
-    let pki = Pki::new();
+    let pki = pki();
     let server = tls_server(&pki, false);
     let x = exchange(&server, &verify_args(&pki));
     assert_served(&x, "client without certificate, no client_ca configured");
@@ -206,7 +118,7 @@ fn options_over_tls_gets_200_and_server_cert_verifies() {
 
 #[test]
 fn mutual_tls_serves_only_clients_signed_by_the_configured_ca() {
-    let pki = Pki::new();
+    let pki = pki();
     let server = tls_server(&pki, true);
 
     let none = exchange(&server, &verify_args(&pki));
@@ -239,13 +151,13 @@ fn mutual_tls_serves_only_clients_signed_by_the_configured_ca() {
 
 #[test]
 fn plain_tcp_bytes_on_the_tls_port_do_not_get_sip_answers() {
-    let pki = Pki::new();
+    let pki = pki();
     let mut server = tls_server(&pki, false);
     let mut c = TcpClient::connect(server.tls_addr()).unwrap();
     let _ = c.send(&options_bytes());
     match c.read_message(Duration::from_secs(2)) {
         StreamRead::Message(m) => assert!(
-            Response::parse(&m).is_none(),
+            SipMsg::parse_response(&m).is_none(),
             "plaintext SIP answered on the TLS port: {}",
             String::from_utf8_lossy(&m)
         ),
@@ -258,7 +170,7 @@ fn plain_tcp_bytes_on_the_tls_port_do_not_get_sip_answers() {
 
 #[test]
 fn tls_client_outside_the_allowlist_is_not_served() {
-    let pki = Pki::new();
+    let pki = pki();
     let server = Server::builder()
         .tls()
         .env("DIALTONE__TLS__CERT", pki.file("server.pem"))

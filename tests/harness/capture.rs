@@ -1,5 +1,5 @@
-//! Capturing RTP on the loopback interface with tcpdump (root), so a test sees exactly
-//! the packets that went to and came back from SIPp's media port.
+//! Capturing UDP on the loopback interface with tcpdump (root), so a test sees exactly the
+//! packets that went to and came back from a peer's media ports.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -9,6 +9,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::pcap::{read_udp, UdpPacket};
+use super::{require_tool, unique};
 
 /// A running tcpdump writing to a file.
 pub struct Capture {
@@ -17,11 +18,12 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Starts `tcpdump -i lo` with the given BPF `filter` (e.g. `udp port 16000`) and waits
-    /// (at most 10 s) until it is listening.
-    pub async fn start(dir: &Path, name: &str, filter: &str) -> Capture {
-        super::require_tool("tcpdump");
-        let path = dir.join(format!("{name}.pcap"));
+    /// Starts `tcpdump -i lo` on UDP to or from `ports` (inclusive), writing into `dir`, and
+    /// waits (at most 10 s) until it is listening.
+    pub async fn udp(dir: &Path, ports: (u16, u16)) -> Capture {
+        require_tool("tcpdump");
+        let path = dir.join(format!("{}.pcap", unique("capture-")));
+        let filter = format!("udp and portrange {}-{}", ports.0, ports.1);
         let mut child = Command::new("tcpdump")
             .args(["-i", "lo", "-n", "-U", "-s", "0", "-w"])
             .arg(&path)

@@ -1,5 +1,8 @@
-//! Audio checks: decode RTP payloads and agent media with the crate's own codecs, and find
-//! a tone by Goertzel in 20 ms frames.
+//! Audio: test tones and WAV files for the peers that play or record them, decoding RTP
+//! payloads and agent media with the crate's own codecs, and finding a tone by Goertzel in
+//! 20 ms frames.
+
+use std::path::Path;
 
 use dialtone::media::codec::{g711, Codec, Decoder};
 
@@ -39,15 +42,34 @@ pub fn l16le_to_pcm(bytes: &[u8]) -> Vec<i16> {
         .collect()
 }
 
+/// An agent's `audio_encoding`: the media type the gateway announces for it and its
+/// sample rate.
+pub fn agent_format(encoding: &str) -> (&'static str, u32) {
+    match encoding {
+        "mulaw_8000" => ("audio/x-mulaw", 8000),
+        "pcm_16000" => ("audio/x-l16", 16000),
+        "pcm_24000" => ("audio/x-l16", 24000),
+        other => panic!("unknown audio_encoding {other}"),
+    }
+}
+
+/// Bytes of 20 ms of audio in an agent's `audio_encoding` (μ-law: 1 per sample, L16: 2).
+pub fn agent_bytes_per_20ms(encoding: &str) -> usize {
+    let (media_type, rate) = agent_format(encoding);
+    let width = if media_type == "audio/x-mulaw" { 1 } else { 2 };
+    rate as usize / 50 * width
+}
+
 /// The agent's media payloads (per its `audio_encoding`) as PCM, and the sample rate.
 pub fn agent_media_to_pcm(encoding: &str, payloads: &[Vec<u8>]) -> (Vec<i16>, u32) {
     let joined: Vec<u8> = payloads.concat();
-    match encoding {
-        "mulaw_8000" => (ulaw_to_pcm(&joined), 8000),
-        "pcm_16000" => (l16le_to_pcm(&joined), 16000),
-        "pcm_24000" => (l16le_to_pcm(&joined), 24000),
-        other => panic!("unknown audio_encoding {other}"),
-    }
+    let (media_type, rate) = agent_format(encoding);
+    let pcm = if media_type == "audio/x-mulaw" {
+        ulaw_to_pcm(&joined)
+    } else {
+        l16le_to_pcm(&joined)
+    };
+    (pcm, rate)
 }
 
 /// Squared magnitude of the DFT of `x` at `hz` (Goertzel).
@@ -133,4 +155,54 @@ pub fn find_tone(pcm: &[i16], rate: u32, hz: f64, min_fraction: f64, min_rms: f6
         report.mean_fraction = sum / report.tone_frames as f64;
     }
     report
+}
+
+/// `n` samples of a sine at `hz` sampled at `rate`, amplitude 8000 (a quarter of full scale).
+pub fn sine(rate: u32, hz: f64, n: usize) -> Vec<i16> {
+    (0..n)
+        .map(|i| {
+            let t = i as f64 / f64::from(rate);
+            (8000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
+        })
+        .collect()
+}
+
+/// Writes a mono 16-bit WAV file.
+pub fn write_wav(path: &Path, rate: u32, samples: &[i16]) {
+    let data_len = (samples.len() * 2) as u32;
+    let mut out = Vec::with_capacity(44 + data_len as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, out).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Writes `seconds` of the 1 kHz test tone at `rate` (baresip's aufile microphone wants the
+/// rate of the codec it sends: 8 kHz for G.711, 16 kHz for G.722).
+pub fn write_tone_wav(path: &Path, rate: u32, seconds: usize) {
+    write_wav(path, rate, &sine(rate, TONE_HZ, rate as usize * seconds));
+}
+
+/// Reads a mono 16-bit WAV file (such as baresip's sndfile recordings): samples and rate.
+pub fn read_wav(path: &Path) -> (Vec<i16>, u32) {
+    let raw = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let rate = u32::from_le_bytes(raw[24..28].try_into().unwrap());
+    let data = raw
+        .windows(4)
+        .position(|w| w == b"data")
+        .unwrap_or_else(|| panic!("{}: no data chunk", path.display()))
+        + 8;
+    (l16le_to_pcm(&raw[data..]), rate)
 }

@@ -12,6 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+use super::ports::{free_port_block, free_tcp_port};
+use super::{print_log_if_failing, read_text, require_tool, unique};
+
 /// A running baresip; killed on drop.
 pub struct Baresip {
     child: Child,
@@ -26,48 +29,10 @@ pub struct Baresip {
     pub log_path: PathBuf,
 }
 
-/// Writes a mono 16-bit WAV file.
-pub fn write_wav(path: &Path, rate: u32, samples: &[i16]) {
-    let data_len = (samples.len() * 2) as u32;
-    let mut out = Vec::with_capacity(44 + data_len as usize);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data_len).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    out.extend_from_slice(&1u16.to_le_bytes()); // mono
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * 2).to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&data_len.to_le_bytes());
-    for s in samples {
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    std::fs::write(path, out).expect("write wav");
-}
-
-/// Writes `seconds` of the 1 kHz test tone at 16 kHz: baresip's microphone.
-pub fn write_tone_wav(path: &Path, seconds: usize) {
-    write_tone_wav_at(path, 16_000, seconds);
-}
-
-/// Writes `seconds` of the 1 kHz test tone at `rate` (baresip's aufile wants the rate of
-/// the codec it sends: 8 kHz for G.711).
-pub fn write_tone_wav_at(path: &Path, rate: u32, seconds: usize) {
-    let tone: Vec<i16> = (0..rate as usize * seconds)
-        .map(|i| {
-            let t = i as f64 / f64::from(rate);
-            (8000.0 * (2.0 * std::f64::consts::PI * super::audio::TONE_HZ * t).sin()) as i16
-        })
-        .collect();
-    write_wav(path, rate, &tone);
-}
-
 impl Baresip {
     /// Starts baresip in `dir` offering only the codecs of `codec_modules` (e.g. `["g722"]`),
-    /// with `wav` (16 kHz mono) as its microphone. Waits until ctrl_tcp answers (≤ 10 s).
+    /// with `wav` (mono, see [`super::audio::write_tone_wav`]) as its microphone. Waits
+    /// until ctrl_tcp answers (≤ 10 s).
     pub async fn start(dir: &Path, codec_modules: &[&str], wav: &Path) -> Baresip {
         Self::start_with(dir, codec_modules, wav, "", "").await
     }
@@ -94,11 +59,11 @@ impl Baresip {
         account: &str,
         extra_config: &str,
     ) -> Baresip {
-        super::require_tool("baresip");
+        require_tool("baresip");
         std::fs::create_dir_all(dir).unwrap();
-        let sip_port = super::free_port_block(2); // baresip also takes port+1 for TLS
-        let ctrl_port = super::free_tcp_port();
-        let rtp_lo = super::free_port_block(16);
+        let sip_port = free_port_block(2); // baresip also takes port+1 for TLS
+        let ctrl_port = free_tcp_port();
+        let rtp_lo = free_port_block(16);
         let mut modules = String::new();
         for m in codec_modules {
             modules.push_str(&format!("module {m}.so\n"));
@@ -147,15 +112,12 @@ impl Baresip {
                 break s;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "baresip exited ({status}):\n{}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
+                panic!("baresip exited ({status}):\n{}", read_text(&log_path));
             }
             assert!(
                 Instant::now() < deadline,
                 "baresip ctrl_tcp not up within 10 s:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
+                read_text(&log_path)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
@@ -173,7 +135,7 @@ impl Baresip {
 
     /// baresip's output so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        read_text(&self.log_path)
     }
 
     /// Reads one netstring message (bounded by `limit`).
@@ -211,7 +173,7 @@ impl Baresip {
 
     /// Sends a command and waits (≤ 5 s) for its response; events read meanwhile are kept.
     pub async fn command(&mut self, command: &str, params: &str) -> Value {
-        let token = super::unique("tok");
+        let token = unique("tok");
         let body = json!({"command": command, "params": params, "token": token}).to_string();
         let frame = format!("{}:{},", body.len(), body);
         self.ctrl
@@ -232,6 +194,33 @@ impl Baresip {
         panic!(
             "baresip: no response to {command} {params}:\n{}",
             self.log()
+        );
+    }
+
+    /// Dials `target` and waits (≤ 10 s) until the call is established.
+    pub async fn dial(&mut self, target: &str) {
+        let resp = self.command("dial", target).await;
+        assert_eq!(resp["ok"], true, "baresip dial {target}: {resp}");
+        let established = self
+            .wait_event("CALL_ESTABLISHED", Duration::from_secs(10))
+            .await;
+        assert!(
+            established.is_some(),
+            "the call to {target} was not established; baresip events: {:?}\n{}",
+            self.events,
+            self.log()
+        );
+    }
+
+    /// Hangs up and waits (≤ 5 s) until baresip sees the call closed.
+    pub async fn hang_up(&mut self) {
+        let resp = self.command("hangup", "").await;
+        assert_eq!(resp["ok"], true, "baresip hangup: {resp}");
+        let closed = self.wait_event("CALL_CLOSED", Duration::from_secs(5)).await;
+        assert!(
+            closed.is_some(),
+            "baresip did not see the call close: {:?}",
+            self.events
         );
     }
 
@@ -258,11 +247,6 @@ impl Baresip {
 impl Drop for Baresip {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- baresip log ----\n{}\n---- end of baresip log ----",
-                self.log()
-            );
-        }
+        print_log_if_failing("baresip log", &self.log());
     }
 }

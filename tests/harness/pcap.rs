@@ -190,3 +190,31 @@ pub fn telephone_event(payload: &[u8]) -> Option<(u8, bool, u16)> {
         )
     })
 }
+
+/// RTP packets of a capture, each with its datagram.
+pub type RtpPackets = Vec<(UdpPacket, Rtp)>;
+
+/// Splits the RTP of a capture at a peer's `ports` (inclusive): what the peer sent (from
+/// those ports, to elsewhere) and what it was sent (to those ports, from elsewhere), each
+/// with its datagram.
+pub fn split_rtp(packets: &[UdpPacket], ports: (u16, u16)) -> (RtpPackets, RtpPackets) {
+    let ours = |port: u16| (ports.0..=ports.1).contains(&port);
+    let mut sent = Vec::new();
+    let mut received = Vec::new();
+    for p in packets {
+        let Some(rtp) = Rtp::parse(&p.payload) else {
+            continue;
+        };
+        match (ours(p.src.port()), ours(p.dst.port())) {
+            (true, false) => sent.push((p.clone(), rtp)),
+            (false, true) => received.push((p.clone(), rtp)),
+            _ => {}
+        }
+    }
+    (sent, received)
+}
+
+/// The RTP of `(datagram, RTP)` pairs, in order.
+pub fn rtp_only(pairs: RtpPackets) -> Vec<Rtp> {
+    pairs.into_iter().map(|(_, r)| r).collect()
+}

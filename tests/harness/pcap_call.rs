@@ -1,7 +1,7 @@
 //! The whole SIPp-with-pcap call, shared by `call_pcmu.rs`, `call_pcma.rs`, `call_g722.rs`
-//! and `call_codec_preference.rs`: register through the API, SIPp dials and replays the
-//! tone, the test's echo agent sends it back, tcpdump records what returns; then the RTP,
-//! the agent's view and the call object are checked.
+//! and `call_codec_preference.rs` (and parts of it by others): register through the API,
+//! SIPp dials and replays the tone, the test's echo agent sends it back, tcpdump records
+//! what returns; then the RTP, the agent's view and the call object are checked.
 
 use std::time::Duration;
 
@@ -9,16 +9,19 @@ use dialtone::media::codec::Codec;
 use serde_json::Value;
 
 use super::agent::{assert_stream_opening, Connection, Mode, TestAgent};
+use super::api::assert_ended_by_caller;
 use super::audio::{self, ToneReport};
 use super::capture::Capture;
-use super::pcap::{Rtp, UdpPacket};
+use super::now_ms;
+use super::pcap::{rtp_only, split_rtp, Rtp, UdpPacket};
+use super::ports::free_port_block;
+use super::server::Server;
 use super::sip::{sdp_audio_payload_types, sdp_media_addr};
-use super::sipp::{self, SippRun};
-use super::Dialtone;
+use super::sipp::{Sipp, SippRun};
 
 /// One SIPp pcap call to run and check.
 pub struct PcapCall {
-    /// Scenario under tests/e2e/sipp.
+    /// Scenario, a path under `tests/` (`e2e/sipp/uac_pcap_pcmu.xml`).
     pub scenario: &'static str,
     /// The codec dialtone must choose (and the pcap carries).
     pub codec: Codec,
@@ -37,34 +40,15 @@ pub struct PcapCallResult {
     pub returned_tone: ToneReport,
 }
 
-fn media_format(encoding: &str) -> (&'static str, u64) {
-    match encoding {
-        "mulaw_8000" => ("audio/x-mulaw", 8000),
-        "pcm_16000" => ("audio/x-l16", 16000),
-        "pcm_24000" => ("audio/x-l16", 24000),
-        other => panic!("unknown encoding {other}"),
-    }
-}
-
-fn bytes_per_20ms(encoding: &str) -> usize {
-    match encoding {
-        "mulaw_8000" => 160,
-        "pcm_16000" => 640,
-        "pcm_24000" => 960,
-        other => panic!("unknown encoding {other}"),
-    }
-}
-
 /// Minimum seconds of tone that must come back out of the 5 s played.
 pub const MIN_TONE_SECONDS: f64 = 3.0;
 
 /// Runs the call and every common assertion; returns the material for more.
 pub async fn run_pcap_call(case: PcapCall) -> PcapCallResult {
-    let server = Dialtone::start().await;
+    let server = Server::start();
     let agent = TestAgent::start(Mode::Echo).await;
-    let agent_id = server.create_agent(&agent.url(), case.encoding).await;
-    let registered = server.register_call(&agent_id).await;
-    let call_id = registered["call_id"].as_str().unwrap().to_string();
+    let agent_id = server.create_agent(&agent.url(), case.encoding);
+    let call_id = server.register_call(&agent_id);
 
     let PcapDial {
         run,
@@ -95,26 +79,25 @@ pub async fn run_pcap_call(case: PcapCall) -> PcapCallResult {
     let dialtone_media = sdp_media_addr(&answer).expect("c= and m=audio in the answer");
 
     // --- RTP both ways ----------------------------------------------------------------
-    let (sent, returned) = split_rtp(&packets, media_port);
+    let (sent, returned) = split_rtp(&packets, (media_port, media_port));
     assert!(
         sent.len() >= 240,
         "harness: SIPp sent only {} RTP packets from port {media_port} (expected 250); \
          is pcap_play working (root)?",
         sent.len()
     );
-    let returned_rtp: Vec<(UdpPacket, Rtp)> = returned;
     assert!(
-        !returned_rtp.is_empty(),
+        !returned.is_empty(),
         "no RTP came back to the caller's media port {media_port} (dialtone's media at {dialtone_media})"
     );
-    for (udp, _) in &returned_rtp {
+    for (udp, _) in &returned {
         assert_eq!(
             std::net::SocketAddr::V4(udp.src),
             dialtone_media,
             "RTP to the caller must come from the address in dialtone's SDP (symmetric RTP)"
         );
     }
-    let rtp: Vec<Rtp> = returned_rtp.into_iter().map(|(_, r)| r).collect();
+    let rtp = rtp_only(returned);
     check_rtp_stream(&rtp, case.codec);
 
     let pcm = audio::decode_rtp(case.codec, &rtp);
@@ -146,17 +129,15 @@ pub async fn run_pcap_call(case: PcapCall) -> PcapCallResult {
         "exactly one agent websocket per call: {conns:?}"
     );
     let conn = accepted[0].clone();
-    let (enc_name, enc_rate) = media_format(case.encoding);
-    let start = assert_stream_opening(&conn, &call_id, &agent_id, enc_name, enc_rate);
+    let (media_type, rate) = audio::agent_format(case.encoding);
+    let start = assert_stream_opening(&conn, &call_id, &agent_id, media_type, rate.into());
     check_custom_parameters(&start);
     check_agent_media(&conn, case.encoding);
     check_stream_end(&conn);
 
     // --- The call object --------------------------------------------------------------
-    let call = server
-        .wait_call_final(&call_id, Duration::from_secs(10))
-        .await;
-    super::assert_ended_by_caller(&call, t0);
+    let call = server.wait_call_final(&call_id, Duration::from_secs(10));
+    assert_ended_by_caller(&call, t0);
     if let Some(codec) = call["codec"].as_str() {
         assert_eq!(codec, case.codec.encoding_name(), "call.codec: {call}");
     }
@@ -183,27 +164,16 @@ pub struct PcapDial {
     pub t0: i64,
 }
 
-/// SIPp dials `sip:{call_id}@dialtone` with `scenario` (tests/e2e/sipp) while tcpdump
-/// records its media port; asserts that SIPp's call succeeded.
-pub async fn dial_pcap(server: &Dialtone, call_id: &str, scenario: &str) -> PcapDial {
-    let media_port = super::free_port_block(4);
-    let capture = Capture::start(
-        server.dir.path(),
-        "rtp",
-        &format!("udp and port {media_port}"),
-    )
-    .await;
-    let t0 = super::now_ms();
-    let run = sipp::run_uac(sipp::Uac {
-        scenario,
-        target: server.sip,
-        service: call_id,
-        dir: server.dir.path(),
-        media_port,
-        timeout: Duration::from_secs(30),
-        extra: vec![],
-    })
-    .await;
+/// SIPp dials `sip:{call_id}@dialtone` with `scenario` (a path under `tests/`) while
+/// tcpdump records its media port; asserts that SIPp's call succeeded.
+pub async fn dial_pcap(server: &Server, call_id: &str, scenario: &str) -> PcapDial {
+    let media_port = free_port_block(4);
+    let capture = Capture::udp(server.dir(), (media_port, media_port)).await;
+    let t0 = now_ms();
+    let run = Sipp::uac(scenario, server.sip_addr())
+        .service(call_id)
+        .media_port(media_port)
+        .run();
     let packets = capture.stop().await;
     assert!(run.ok(), "the SIPp call failed:\n{}", run.describe());
     PcapDial {
@@ -212,23 +182,6 @@ pub async fn dial_pcap(server: &Dialtone, call_id: &str, scenario: &str) -> Pcap
         media_port,
         t0,
     }
-}
-
-/// Splits a capture on SIPp's media port into what SIPp sent and the RTP that came back.
-pub fn split_rtp(packets: &[UdpPacket], media_port: u16) -> (Vec<Rtp>, Vec<(UdpPacket, Rtp)>) {
-    let mut sent = Vec::new();
-    let mut back = Vec::new();
-    for p in packets {
-        let Some(rtp) = Rtp::parse(&p.payload) else {
-            continue;
-        };
-        if p.src.port() == media_port {
-            sent.push(rtp);
-        } else if p.dst.port() == media_port {
-            back.push((p.clone(), rtp));
-        }
-    }
-    (sent, back)
 }
 
 /// The returning stream is one well-formed RTP stream in the chosen codec.
@@ -319,7 +272,7 @@ pub fn check_agent_media(conn: &Connection, encoding: &str) {
         media.len()
     );
     let payloads = conn.media_payloads();
-    let want = bytes_per_20ms(encoding);
+    let want = audio::agent_bytes_per_20ms(encoding);
     assert!(
         payloads.iter().all(|p| p.len() == want),
         "every media payload is 20 ms = {want} bytes in {encoding}; sizes seen: {:?}",
