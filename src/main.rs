@@ -77,6 +77,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let mut signals = server::Signals::install();
         let running = match server::start(&settings).await {
             Ok(running) => running,
             Err(err) => {
@@ -85,7 +86,7 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "dialtone started");
-        let how = server::wait_for_signal().await;
+        let how = signals.wait().await;
         running.stop(how).await;
         match how {
             Stop::Graceful => ExitCode::SUCCESS,

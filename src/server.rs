@@ -210,6 +210,12 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             registered_call_timeout: settings.calls.registered_call_timeout,
             events: events.clone(),
         };
+        // Before serving: once /healthz answers, the API must find the demo agent.
+        if settings.demo_echo_agent {
+            if let Some(http) = http_addr {
+                ensure_echo_agent(&store, http).await;
+            }
+        }
         let state = http::AppState::new(&settings.api.keys, prometheus, draining_rx, services);
         let shutdown = shutdown_rx.clone();
         tasks.spawn(async move {
@@ -218,11 +224,6 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             }
         });
         info!(http = %addr, "HTTP listening");
-        if settings.demo_echo_agent {
-            if let Some(http) = http_addr {
-                ensure_echo_agent(&store, http).await;
-            }
-        }
     }
     if transports.local_addr(Kind::Udp).is_none()
         && transports.local_addr(Kind::Tcp).is_none()
@@ -291,27 +292,44 @@ impl Running {
     }
 }
 
-/// Waits for SIGTERM (graceful) or SIGINT (fast).
-pub async fn wait_for_signal() -> Stop {
+/// SIGTERM (graceful stop) and SIGINT (fast stop), caught from the moment they are
+/// installed: install them before starting, so a signal during start-up is not fatal.
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => tokio::select! {
+    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime).
+    pub fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let handlers = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => {
+                    warn!("cannot install signal handlers; falling back to Ctrl-C only");
+                    None
+                }
+            };
+            Signals { handlers }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Waits for the first signal.
+    pub async fn wait(&mut self) -> Stop {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.handlers {
+            return tokio::select! {
                 _ = term.recv() => Stop::Graceful,
                 _ = int.recv() => Stop::Fast,
-            },
-            _ => {
-                warn!("cannot install signal handlers; falling back to Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-                Stop::Fast
-            }
+            };
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
         Stop::Fast
     }
