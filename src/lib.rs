@@ -19,4 +19,5 @@ pub mod sdp;
 pub mod server;
 pub mod sip;
 pub mod store;
+pub mod sync;
 pub mod webhook;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 /// The order of layers, bottom first. A module may use its own layer and those before it.
 const LAYERS: &[&[&str]] = &[
-    // Settings, metric names and the records everything else is about.
-    &["config", "metrics", "model"],
+    // Settings, metric names, the records everything else is about, and locking.
+    &["config", "metrics", "model", "sync"],
     // Protocols and formats with no notion of a call: SIP, SDP, the codecs.
     &["sip", "sdp", "media::codec"],
     // One call's parts: its media, its agent socket, its records, its webhooks.

@@ -30,6 +30,7 @@ use crate::sip::endpoint::{Endpoint, Handler, ServerTxHandle};
 use crate::sip::message::Request;
 use crate::sip::transport::Inbound;
 use crate::store::Store;
+use crate::sync::lock;
 use crate::webhook::events::CallEvents;
 
 mod driver;
@@ -85,11 +86,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Maps with single inserts and removes stay consistent even after a panic elsewhere.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn now_ms() -> i64 {

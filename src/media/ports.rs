@@ -15,10 +15,12 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 use tokio::net::UdpSocket;
+
+use crate::sync::lock;
 
 /// Why media could not be set up for a call.
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +56,6 @@ pub struct PortPool {
     free: Arc<Mutex<Free>>,
     range: (u16, u16),
     bind_ip: IpAddr,
-}
-
-fn lock(m: &Mutex<Free>) -> MutexGuard<'_, Free> {
-    // The critical sections only move integers; a panic elsewhere cannot leave them torn.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl PortPool {

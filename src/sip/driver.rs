@@ -31,6 +31,7 @@ use crate::sip::message::Response;
 use crate::sip::transaction::completed::{CompletedTable, Finished};
 use crate::sip::transaction::{ClientKey, Event, ServerKey, Transaction, TransmitKind};
 use crate::sip::transport::{Target, Transports};
+use crate::sync::lock;
 
 pub use client::{ClientInput, InviteEvent, OutgoingInvite, RequestError};
 pub use server::{ServerInput, ServerTxHandle};
@@ -248,12 +249,6 @@ impl Transactions {
             self.in_flight_changed.notify_waiters();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding this lock cannot leave the map inconsistent (single inserts
-    // and removes), so recover the guard rather than propagate the poison.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

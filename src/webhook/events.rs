@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::config::WebhookSettings;
 use crate::store::Store;
+use crate::sync::lock;
 
 /// Tries on the wire at once, across all calls.
 const MAX_IN_FLIGHT: usize = 32;
@@ -75,11 +76,6 @@ struct Inner {
     /// Calls whose `call_started` is still being delivered: their `call_ended` waits for
     /// the sender to drop.
     started: Mutex<HashMap<String, oneshot::Receiver<()>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A map of single inserts and removes stays consistent even after a panic elsewhere.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl CallEvents {

@@ -9,7 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::driver::CallIo;
 use super::route::Route;
-use super::{lock, now_ms, srtp, Engine, Registration};
+use super::{now_ms, srtp, Engine, Registration};
 use crate::agent::bridge::StartInfo;
 use crate::call::leg::{Leg, LegConfig};
 use crate::call::rejection::Rejection;
@@ -22,6 +22,7 @@ use crate::sip::transport::Inbound;
 use crate::sip::ua::new_tag;
 use crate::sip::uri::user_of;
 use crate::store::Claim;
+use crate::sync::lock;
 
 /// Refuses an INVITE before (or without) a leg: the table's response, counted.
 fn reject(tx: &ServerTxHandle, invite: &Request, rejection: Rejection, warning: Option<&str>) {

@@ -13,9 +13,10 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::driver::CallIo;
-use super::{lock, Engine, Registration};
+use super::{Engine, Registration};
 use crate::agent::bridge::StartInfo;
 use crate::call::leg::{Dial, Leg, LegConfig};
+use crate::media::ports::RtpSocket;
 use crate::model::number::PhoneNumber;
 use crate::model::{Agent, Call, DisconnectionReason};
 use crate::sdp::{self, LocalMedia, Sdp};
@@ -25,57 +26,75 @@ use crate::sip::route::Destination;
 use crate::sip::transport::Target;
 use crate::sip::ua::{new_tag, ALLOW};
 use crate::sip::uri::{host_for_uri, trunk_request_uri, Uri};
+use crate::sync::lock;
+
+/// An outbound call ready to dial.
+struct Ready {
+    agent: Agent,
+    start: StartInfo,
+    sip_call_id: String,
+    target: Target,
+    socket: RtpSocket,
+    cfg: LegConfig,
+    dial: Dial,
+}
 
 impl Engine {
     /// An outbound call through a trunk: everything the leg needs, then the leg until
-    /// the call ends. Every failure before the INVITE maps to its `not_connected` reason.
+    /// the call ends. A call that cannot even be dialled ends with the reason saying why.
     pub(super) async fn outbound_call(self, call: Call, number: PhoneNumber) {
         let (input_tx, inputs) = mpsc::channel(32);
         lock(&self.inner.live).insert(call.call_id.clone(), input_tx);
         let registration = Registration::new(self.clone(), call.call_id.clone());
         let call_id = call.call_id.clone();
+        match self.prepare(&call, &number).await {
+            Ok(ready) => {
+                let leg = Leg::dial(Instant::now(), ready.cfg, ready.dial);
+                let io = CallIo::new(
+                    self.clone(),
+                    call_id,
+                    ready.agent,
+                    ready.start,
+                    ready.sip_call_id,
+                    ready.target,
+                    ready.socket,
+                    inputs,
+                    registration,
+                );
+                io.run(leg).await;
+            }
+            Err(reason) => self.finish(&call_id, reason, None).await,
+        }
+    }
+
+    /// Everything an outbound leg starts from, or the reason the call cannot be dialled.
+    async fn prepare(
+        &self,
+        call: &Call,
+        number: &PhoneNumber,
+    ) -> Result<Ready, DisconnectionReason> {
         let agent = match self.inner.store.get_agent(&call.agent_id).await {
             Ok(Some(agent)) => agent,
             _ => {
                 warn!(agent_id = %call.agent_id, "agent of an outbound call is gone");
-                return self
-                    .finish(&call_id, DisconnectionReason::ErrorUnknown, None)
-                    .await;
+                return Err(DisconnectionReason::ErrorUnknown);
             }
         };
         let to = call.to_number.clone().unwrap_or_default();
         let from = call.from_number.clone().unwrap_or_default();
-        let uri = match trunk_request_uri(&number.termination_uri, number.transport, &to) {
-            Ok(uri) => uri,
-            Err(err) => {
+        let uri =
+            trunk_request_uri(&number.termination_uri, number.transport, &to).map_err(|err| {
                 warn!(%err, "termination URI unusable");
-                return self
-                    .finish(
-                        &call_id,
-                        DisconnectionReason::TelephonyProviderUnavailable,
-                        None,
-                    )
-                    .await;
-            }
-        };
-        let Some(target) = self.trunk_target(&uri).await else {
-            return self
-                .finish(
-                    &call_id,
-                    DisconnectionReason::TelephonyProviderUnavailable,
-                    None,
-                )
-                .await;
-        };
-        let socket = match self.inner.ports.bind().await {
-            Ok(socket) => socket,
-            Err(err) => {
-                warn!(%err, "no RTP port for an outbound call");
-                return self
-                    .finish(&call_id, DisconnectionReason::ErrorUnknown, None)
-                    .await;
-            }
-        };
+                DisconnectionReason::TelephonyProviderUnavailable
+            })?;
+        let target = self
+            .trunk_target(&uri)
+            .await
+            .ok_or(DisconnectionReason::TelephonyProviderUnavailable)?;
+        let socket = self.inner.ports.bind().await.map_err(|err| {
+            warn!(%err, "no RTP port for an outbound call");
+            DisconnectionReason::ErrorUnknown
+        })?;
         let transports = self.inner.endpoint.transports();
         let media_ip = self
             .inner
@@ -97,20 +116,15 @@ impl Engine {
         if !codecs.is_empty() {
             local.codecs = codecs;
         }
-        local.srtp = match super::srtp::policy(self.inner.settings.srtp, target.kind) {
-            Ok(policy) => policy,
-            Err(why) => {
-                warn!(
-                    kind = target.kind.as_str(),
-                    why, "outbound call not dialled"
-                );
-                return self
-                    .finish(&call_id, DisconnectionReason::DialFailed, None)
-                    .await;
-            }
-        };
+        local.srtp = super::srtp::policy(self.inner.settings.srtp, target.kind).map_err(|why| {
+            warn!(
+                kind = target.kind.as_str(),
+                why, "outbound call not dialled"
+            );
+            DisconnectionReason::DialFailed
+        })?;
         let offer = sdp::offer(&local);
-        let request = self.trunk_invite(&call, &uri, &from, target, &offer);
+        let request = self.trunk_invite(call, &uri, &from, target, &offer);
         let auth = match (
             &number.sip_trunk_auth_username,
             &number.sip_trunk_auth_password,
@@ -125,7 +139,7 @@ impl Engine {
             call_id: call.call_id.clone(),
             stream_sid: String::new(),
             account_sid: String::new(),
-            custom_parameters: start_parameters(&call, &agent, &from, &to),
+            custom_parameters: start_parameters(call, &agent, &from, &to),
         };
         let sip_call_id = request.call_id().unwrap_or_default().to_string();
         let cfg = LegConfig {
@@ -147,19 +161,15 @@ impl Engine {
             forward_early_media: agent.forward_early_media,
         };
         info!(%uri, target = %target.addr, kind = target.kind.as_str(), "dialling");
-        let leg = Leg::dial(Instant::now(), cfg, dial);
-        let io = CallIo::new(
-            self.clone(),
-            call_id,
+        Ok(Ready {
             agent,
             start,
             sip_call_id,
             target,
             socket,
-            inputs,
-            registration,
-        );
-        io.run(leg).await;
+            cfg,
+            dial,
+        })
     }
 
     /// Where to send the INVITE: RFC 3263 on the URI, first target over an enabled

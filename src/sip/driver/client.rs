@@ -13,12 +13,13 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use super::{drive, lock, now, Adapter, Next, Transactions};
+use super::{drive, now, Adapter, Next, Transactions};
 use crate::metrics;
 use crate::sip::message::{Method, Request, Response};
 use crate::sip::transaction::{ClientInvite, ClientKey, ClientNonInvite, Disposition, Event};
 use crate::sip::transport::Target;
 use crate::sip::ua;
+use crate::sync::lock;
 
 /// Responses a non-INVITE client transaction's queue holds.
 const NON_INVITE_QUEUE: usize = 8;

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
-use super::{drive, lock, now, Adapter, Next, Transactions};
+use super::{drive, now, Adapter, Next, Transactions};
 use crate::config::TimerSettings;
 use crate::metrics;
 use crate::sip::message::{self, Method, Request, Response};
@@ -26,6 +26,7 @@ use crate::sip::transaction::{
 };
 use crate::sip::transport::Target;
 use crate::sip::ua;
+use crate::sync::lock;
 
 /// Inputs a server transaction's queue holds: enough for a burst of retransmissions
 /// besides the TU's responses.

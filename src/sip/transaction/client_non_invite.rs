@@ -127,11 +127,6 @@ impl ClientNonInvite {
         disposition
     }
 
-    fn terminate(&mut self) {
-        self.phase = Phase::Terminated;
-        self.core.timers.stop_all();
-    }
-
     fn on_timer(&mut self, now: Instant, timer: TimerKind) {
         match (timer, &mut self.phase) {
             (
@@ -141,11 +136,8 @@ impl ClientNonInvite {
                     retransmit_interval,
                 },
             ) => {
-                let request = request.clone();
-                let interval = self.core.backoff(*retransmit_interval, true);
-                *retransmit_interval = interval;
-                self.core.send(request, TransmitKind::Retransmit);
-                self.core.arm(TimerKind::E, now, interval);
+                self.core
+                    .retransmit(TimerKind::E, now, request, retransmit_interval, true);
             }
             (TimerKind::E, Phase::Proceeding { request }) => {
                 let request = request.clone();
@@ -163,40 +155,7 @@ impl ClientNonInvite {
     }
 }
 
-impl Transaction for ClientNonInvite {
-    fn handle_timeout(&mut self, now: Instant) {
-        while let Some(timer) = self.core.timers.pop_expired(now) {
-            self.on_timer(now, timer);
-        }
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.core.timers.next()
-    }
-
-    fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.core.poll_transmit()
-    }
-
-    fn poll_event(&mut self) -> Option<Event> {
-        self.core.poll_event()
-    }
-
-    fn transport_error(&mut self, _now: Instant) {
-        if !self.is_terminated() {
-            self.core.emit(Event::TransportError);
-            self.terminate();
-        }
-    }
-
-    fn is_terminated(&self) -> bool {
-        matches!(self.phase, Phase::Terminated)
-    }
-
-    fn retransmissions_absorbed(&self) -> u64 {
-        self.core.absorbed
-    }
-}
+transaction_via_core!(ClientNonInvite);
 
 #[cfg(test)]
 mod tests {

@@ -43,6 +43,56 @@
 //!   a provisional arrived): the TU sends CANCEL in its own client transaction.
 //! - The ACK for a 2xx, which is a transaction of its own (RFC 3261 §13.2.2.4).
 
+/// The [`Transaction`] side of a machine, the same for all four: the machine's `core`
+/// holds its timers and outboxes; the machine supplies `on_timer` and a `phase` with a
+/// `Terminated` state. Defined before the machines' modules so they see it.
+macro_rules! transaction_via_core {
+    ($machine:ty) => {
+        impl $machine {
+            /// Ends the transaction: nothing more is sent, no timer runs.
+            fn terminate(&mut self) {
+                self.phase = Phase::Terminated;
+                self.core.timers.stop_all();
+            }
+        }
+
+        impl Transaction for $machine {
+            fn handle_timeout(&mut self, now: Instant) {
+                while let Some(timer) = self.core.timers.pop_expired(now) {
+                    self.on_timer(now, timer);
+                }
+            }
+
+            fn poll_timeout(&self) -> Option<Instant> {
+                self.core.timers.next()
+            }
+
+            fn poll_transmit(&mut self) -> Option<Transmit> {
+                self.core.poll_transmit()
+            }
+
+            fn poll_event(&mut self) -> Option<Event> {
+                self.core.poll_event()
+            }
+
+            fn transport_error(&mut self, _now: Instant) {
+                if !self.is_terminated() {
+                    self.core.emit(Event::TransportError);
+                    self.terminate();
+                }
+            }
+
+            fn is_terminated(&self) -> bool {
+                matches!(self.phase, Phase::Terminated)
+            }
+
+            fn retransmissions_absorbed(&self) -> u64 {
+                self.core.absorbed
+            }
+        }
+    };
+}
+
 mod client_invite;
 mod client_non_invite;
 pub mod completed;
@@ -324,6 +374,21 @@ impl Core {
             doubled
         };
         next.max(MIN_RETRANSMIT_INTERVAL)
+    }
+
+    /// Timer A, E or G fired: `payload` again, and the timer re-armed at the next
+    /// interval (doubled, capped at T2 when `capped`), which `interval` keeps.
+    fn retransmit(
+        &mut self,
+        timer: TimerKind,
+        now: Instant,
+        payload: &Bytes,
+        interval: &mut Duration,
+        capped: bool,
+    ) {
+        *interval = self.backoff(*interval, capped);
+        self.send(payload.clone(), TransmitKind::Retransmit);
+        self.arm(timer, now, *interval);
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {

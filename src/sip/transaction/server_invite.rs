@@ -181,11 +181,6 @@ impl ServerInvite {
         }
     }
 
-    fn terminate(&mut self) {
-        self.phase = Phase::Terminated;
-        self.core.timers.stop_all();
-    }
-
     fn on_timer(&mut self, now: Instant, timer: TimerKind) {
         match (timer, &mut self.phase) {
             (
@@ -195,11 +190,8 @@ impl ServerInvite {
                     retransmit_interval,
                 },
             ) => {
-                let response = response.clone();
-                let interval = self.core.backoff(*retransmit_interval, true);
-                *retransmit_interval = interval;
-                self.core.send(response, TransmitKind::Retransmit);
-                self.core.arm(TimerKind::G, now, interval);
+                self.core
+                    .retransmit(TimerKind::G, now, response, retransmit_interval, true);
             }
             (TimerKind::H, Phase::Completed { .. }) => {
                 self.core.emit(Event::NoAck);
@@ -215,40 +207,7 @@ impl ServerInvite {
     }
 }
 
-impl Transaction for ServerInvite {
-    fn handle_timeout(&mut self, now: Instant) {
-        while let Some(timer) = self.core.timers.pop_expired(now) {
-            self.on_timer(now, timer);
-        }
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.core.timers.next()
-    }
-
-    fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.core.poll_transmit()
-    }
-
-    fn poll_event(&mut self) -> Option<Event> {
-        self.core.poll_event()
-    }
-
-    fn transport_error(&mut self, _now: Instant) {
-        if !self.is_terminated() {
-            self.core.emit(Event::TransportError);
-            self.terminate();
-        }
-    }
-
-    fn is_terminated(&self) -> bool {
-        matches!(self.phase, Phase::Terminated)
-    }
-
-    fn retransmissions_absorbed(&self) -> u64 {
-        self.core.absorbed
-    }
-}
+transaction_via_core!(ServerInvite);
 
 #[cfg(test)]
 mod tests {

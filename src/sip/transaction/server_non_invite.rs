@@ -132,48 +132,14 @@ impl ServerNonInvite {
         result
     }
 
-    fn terminate(&mut self) {
-        self.phase = Phase::Terminated;
-        self.core.timers.stop_all();
-    }
-}
-
-impl Transaction for ServerNonInvite {
-    fn handle_timeout(&mut self, now: Instant) {
-        while let Some(timer) = self.core.timers.pop_expired(now) {
-            if let (TimerKind::J, Phase::Completed { .. }) = (timer, &self.phase) {
-                self.terminate();
-            }
-        }
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.core.timers.next()
-    }
-
-    fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.core.poll_transmit()
-    }
-
-    fn poll_event(&mut self) -> Option<Event> {
-        self.core.poll_event()
-    }
-
-    fn transport_error(&mut self, _now: Instant) {
-        if !self.is_terminated() {
-            self.core.emit(Event::TransportError);
+    fn on_timer(&mut self, _now: Instant, timer: TimerKind) {
+        if let (TimerKind::J, Phase::Completed { .. }) = (timer, &self.phase) {
             self.terminate();
         }
     }
-
-    fn is_terminated(&self) -> bool {
-        matches!(self.phase, Phase::Terminated)
-    }
-
-    fn retransmissions_absorbed(&self) -> u64 {
-        self.core.absorbed
-    }
 }
+
+transaction_via_core!(ServerNonInvite);
 
 #[cfg(test)]
 mod tests {

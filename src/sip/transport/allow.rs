@@ -81,7 +81,7 @@ impl LogLimiter {
     /// `Some(n)` when a line may be written now, `n` being the lines suppressed since the
     /// last one let through; `None` when this line should be dropped (it is counted).
     pub fn permit(&self) -> Option<u64> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = crate::sync::lock(&self.state);
         let now = Instant::now();
         if now.duration_since(s.window_start) >= self.interval {
             s.window_start = now;

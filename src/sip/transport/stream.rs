@@ -98,7 +98,7 @@ struct TableInner {
 impl ConnTable {
     fn lock(&self) -> MutexGuard<'_, TableInner> {
         // A panic while holding this lock leaves plain counters and maps; carry on.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     /// Takes a slot for an accepted connection, or names the limit that refuses it (a
