@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["sip.allow", "sip.dns_servers", "api.keys"];
+const LIST_KEYS: &[&str] = &["sip.allow", "sip.dns_servers", "media.allow", "api.keys"];
 
 /// A configuration problem, always naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,13 @@ struct RawSettings {
     log: RawLog,
     demo: RawDemo,
     webhooks: RawWebhooks,
+    node: RawNode,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct RawNode {
+    id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +104,8 @@ struct RawSip {
     t1_ms: u64,
     t2_ms: u64,
     t4_ms: u64,
+    rate_limit_per_ip: u32,
+    rate_limit_burst: u32,
 }
 
 impl Default for RawSip {
@@ -116,6 +125,8 @@ impl Default for RawSip {
             t1_ms: 500,
             t2_ms: 4_000,
             t4_ms: 5_000,
+            rate_limit_per_ip: 1_000,
+            rate_limit_burst: 2_000,
         }
     }
 }
@@ -135,6 +146,7 @@ struct RawMedia {
     rtp_ports: String,
     public_ip: String,
     srtp: String,
+    allow: Option<Vec<String>>,
 }
 
 impl Default for RawMedia {
@@ -143,6 +155,7 @@ impl Default for RawMedia {
             rtp_ports: "20000-30000".into(),
             public_ip: String::new(),
             srtp: "optional".into(),
+            allow: None,
         }
     }
 }
@@ -151,12 +164,20 @@ impl Default for RawMedia {
 #[serde(default)]
 struct RawHttp {
     listen: String,
+    header_read_timeout_ms: u64,
+    idle_timeout_ms: u64,
+    max_connections: usize,
+    max_body_bytes: usize,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
         RawHttp {
             listen: "127.0.0.1:8080".into(),
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 1024,
+            max_body_bytes: 1 << 20,
         }
     }
 }
@@ -189,6 +210,8 @@ struct RawCalls {
     no_audio_timeout_ms: u64,
     hangup_drain_ms: u64,
     max_call_duration_ms: u64,
+    max_concurrent: usize,
+    inactive_timeout_ms: u64,
 }
 
 impl Default for RawCalls {
@@ -199,6 +222,8 @@ impl Default for RawCalls {
             no_audio_timeout_ms: 20_000,
             hangup_drain_ms: 5_000,
             max_call_duration_ms: 7_200_000,
+            max_concurrent: 1000,
+            inactive_timeout_ms: 600_000,
         }
     }
 }
@@ -246,6 +271,8 @@ pub struct Settings {
     /// Whether the built-in echo agent (`agent_id` "echo") is made available at start.
     pub demo_echo_agent: bool,
     pub webhooks: WebhookSettings,
+    /// This node's identity: the owner recorded on every call it carries.
+    pub node_id: String,
 }
 
 /// Delivery of call events (`call_started`, `call_ended`) to agents' `webhook_url`.
@@ -287,6 +314,16 @@ pub struct SipSettings {
     pub dns_servers: Vec<SocketAddr>,
     pub limits: SipLimits,
     pub timers: TimerSettings,
+    /// Requests per second one source address may send (sustained, and in a burst);
+    /// more are dropped and counted (`rate_limited`).
+    pub rate_limit: RateLimit,
+}
+
+/// A token bucket's size and refill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 /// Bounds on what one peer may make the server hold.
@@ -333,6 +370,9 @@ pub struct MediaSettings {
     pub rtp_ports: (u16, u16),
     pub public_ip: Option<IpAddr>,
     pub srtp: SrtpMode,
+    /// Who may send RTP/RTCP and be sent media (SDP addresses): `media.allow`, or
+    /// `sip.allow` when unset.
+    pub allow: Vec<IpNet>,
 }
 
 /// `media.srtp`: whether calls use SRTP with SDES keys. SDES keys travel in the SDP, so
@@ -363,6 +403,14 @@ impl SrtpMode {
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub listen: Option<SocketAddr>,
+    /// A client must send its whole request head within this.
+    pub header_read_timeout: Duration,
+    /// A kept-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen queue.
+    pub max_connections: usize,
+    /// Largest request body; a larger one gets 413.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Clone)]
@@ -394,6 +442,12 @@ pub struct CallSettings {
     pub hangup_drain: Duration,
     /// A ceiling on every call's length, whatever its agent allows.
     pub max_call_duration: Duration,
+    /// Calls set up or connected at once; more are refused (503 with Retry-After, 429 on
+    /// the API).
+    pub max_concurrent: usize,
+    /// A call whose media direction carries no audio from the caller (hold, sendonly,
+    /// recvonly, inactive) ends after this long (`inactivity`).
+    pub inactive_timeout: Duration,
 }
 
 impl Settings {
@@ -472,6 +526,18 @@ fn parse_net(entry: &str) -> Option<IpNet> {
         .or_else(|| entry.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
+/// An allowlist: CIDRs or bare addresses; empty entries are skipped.
+fn parse_nets(key: &'static str, entries: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    entries
+        .iter()
+        .filter(|e| !e.trim().is_empty())
+        .map(|entry| {
+            parse_net(entry)
+                .ok_or_else(|| invalid(key, format!("'{entry}' is not a CIDR or IP address")))
+        })
+        .collect()
+}
+
 fn parse_port_range(value: &str) -> Option<(u16, u16)> {
     let (lo, hi) = value.trim().split_once('-')?;
     let lo: u16 = lo.trim().parse().ok()?;
@@ -489,18 +555,7 @@ impl RawSettings {
         if sip.public_host.trim().is_empty() || sip.public_host.contains(char::is_whitespace) {
             return Err(invalid("sip.public_host", "must be a host name or address"));
         }
-        let mut allow = Vec::with_capacity(sip.allow.len());
-        for entry in &sip.allow {
-            if entry.trim().is_empty() {
-                continue;
-            }
-            allow.push(parse_net(entry).ok_or_else(|| {
-                invalid(
-                    "sip.allow",
-                    format!("'{entry}' is not a CIDR or IP address"),
-                )
-            })?);
-        }
+        let allow = parse_nets("sip.allow", &sip.allow)?;
         let mut dns_servers = Vec::with_capacity(sip.dns_servers.len());
         for entry in &sip.dns_servers {
             let entry = entry.trim();
@@ -543,6 +598,16 @@ impl RawSettings {
         if timers.t2 < timers.t1 {
             return Err(invalid("sip.t2_ms", "must not be less than sip.t1_ms"));
         }
+        if sip.rate_limit_per_ip == 0 || sip.rate_limit_burst < sip.rate_limit_per_ip {
+            return Err(invalid(
+                "sip.rate_limit_per_ip",
+                "must be greater than 0, and sip.rate_limit_burst at least as large",
+            ));
+        }
+        let rate_limit = RateLimit {
+            per_second: sip.rate_limit_per_ip,
+            burst: sip.rate_limit_burst,
+        };
         let limits = SipLimits {
             max_message_bytes: sip.max_message_bytes,
             max_headers: sip.max_headers,
@@ -611,7 +676,31 @@ impl RawSettings {
             )
         })?;
 
+        let media_allow = match &self.media.allow {
+            None => allow.clone(),
+            Some(entries) => parse_nets("media.allow", entries)?,
+        };
+
         let http_listen = listen_addr("http.listen", &self.http.listen)?;
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be greater than 0"));
+        }
+        if !(1024..=64 << 20).contains(&self.http.max_body_bytes) {
+            return Err(invalid(
+                "http.max_body_bytes",
+                "must be between 1024 and 67108864",
+            ));
+        }
+        let http = HttpSettings {
+            listen: http_listen,
+            header_read_timeout: positive_ms(
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            )?,
+            idle_timeout: positive_ms("http.idle_timeout_ms", self.http.idle_timeout_ms)?,
+            max_connections: self.http.max_connections,
+            max_body_bytes: self.http.max_body_bytes,
+        };
         let keys: Vec<String> = self
             .api
             .keys
@@ -624,6 +713,19 @@ impl RawSettings {
                 "api.keys",
                 "every key must be at least 8 characters",
             ));
+        }
+        if let Some(addr) = http_listen.filter(|a| !a.ip().is_loopback()) {
+            if keys.iter().any(|k| k == DEVELOPMENT_KEY) {
+                return Err(invalid(
+                    "api.keys",
+                    format!(
+                        "the development key {DEVELOPMENT_KEY} is refused when http.listen ({addr}) is not a loopback address; set a key of your own"
+                    ),
+                ));
+            }
+        }
+        if self.calls.max_concurrent == 0 {
+            return Err(invalid("calls.max_concurrent", "must be greater than 0"));
         }
 
         let url = self.database.url.trim().to_string();
@@ -656,16 +758,16 @@ impl RawSettings {
                 dns_servers,
                 limits,
                 timers,
+                rate_limit,
             },
             tls,
             media: MediaSettings {
                 rtp_ports,
                 public_ip,
                 srtp,
+                allow: media_allow,
             },
-            http: HttpSettings {
-                listen: http_listen,
-            },
+            http,
             api: ApiSettings { keys },
             database: DatabaseSettings { url },
             calls: CallSettings {
@@ -686,13 +788,46 @@ impl RawSettings {
                     "calls.max_call_duration_ms",
                     self.calls.max_call_duration_ms,
                 )?,
+                max_concurrent: self.calls.max_concurrent,
+                inactive_timeout: positive_ms(
+                    "calls.inactive_timeout_ms",
+                    self.calls.inactive_timeout_ms,
+                )?,
             },
             shutdown_grace: Duration::from_millis(self.shutdown.grace_period_ms),
             log_filter: self.log.filter,
             demo_echo_agent: self.demo.echo_agent,
             webhooks,
+            node_id: node_id(&self.node.id)?,
         })
     }
+}
+
+/// The key the shipped configuration carries, for trying dialtone on one machine.
+pub const DEVELOPMENT_KEY: &str = "dialtone-dev-key";
+
+/// `node.id`, or the machine's host name when empty.
+fn node_id(configured: &str) -> Result<String, ConfigError> {
+    let id = match configured.trim() {
+        "" => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "dialtone".to_string()),
+        id => id.to_string(),
+    };
+    let ok = id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        return Err(invalid(
+            "node.id",
+            format!("'{id}' must be at most 64 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    Ok(id)
 }
 
 impl RawWebhooks {
@@ -760,6 +895,56 @@ mod tests {
         assert_eq!(s.media.rtp_ports, (20000, 30000));
         assert_eq!(s.media.srtp, SrtpMode::Optional);
         assert_eq!(s.calls.registered_call_timeout, Duration::from_secs(300));
+        assert_eq!(
+            s.media.allow, s.sip.allow,
+            "media.allow defaults to sip.allow"
+        );
+        assert_eq!(s.calls.max_concurrent, 1000);
+        assert!(!s.node_id.is_empty());
+    }
+
+    #[test]
+    fn the_development_key_only_listens_on_loopback() {
+        let f = file("[api]\nkeys = [\"dialtone-dev-key\"]\n");
+        for listen in ["127.0.0.1:8080", "[::1]:8080"] {
+            let vars = env(&[("DIALTONE__HTTP__LISTEN", listen)]);
+            assert!(Settings::load_with_env(f.path(), vars).is_ok(), "{listen}");
+        }
+        let vars = env(&[("DIALTONE__HTTP__LISTEN", "0.0.0.0:8080")]);
+        let err = Settings::load_with_env(f.path(), vars)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config: api.keys: the development key")
+                && err.contains("0.0.0.0:8080"),
+            "{err}"
+        );
+        let vars = env(&[
+            ("DIALTONE__HTTP__LISTEN", "0.0.0.0:8080"),
+            ("DIALTONE__API__KEYS", "a-key-of-our-own"),
+        ]);
+        assert!(Settings::load_with_env(f.path(), vars).is_ok());
+    }
+
+    #[test]
+    fn media_allow_and_node_id_are_checked() {
+        let f = file("[media]\nallow = [\"203.0.113.0/24\"]\n[node]\nid = \"node-a\"\n");
+        let s = Settings::load_with_env(f.path(), env(&[])).unwrap();
+        assert_eq!(
+            s.media.allow,
+            vec!["203.0.113.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(s.node_id, "node-a");
+        let bad = file("[node]\nid = \"a b\"\n");
+        let err = Settings::load_with_env(bad.path(), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config: node.id:"), "{err}");
+        let bad = file("[media]\nallow = [\"nonsense\"]\n");
+        let err = Settings::load_with_env(bad.path(), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config: media.allow:"), "{err}");
     }
 
     #[test]
